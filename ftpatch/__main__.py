@@ -1,0 +1,3 @@
+from ftpatch.cli import main
+
+main()
