@@ -1,0 +1,1 @@
+"""Reading ELF files (relocatable objects and linked images) and the one writer."""

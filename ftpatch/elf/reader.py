@@ -1,0 +1,407 @@
+"""A small read-only view of an ELF64 AArch64 file: headers, sections, symbols, RELA.
+
+Only the tables ftpatch needs, parsed with ``struct`` so that the rewrite path
+starts fast (pyelftools is the reference reader the tests cross-check this
+one against).  Field names are the spec's (ELF gABI, AAELF64).  Every offset
+and size read from the file is checked against the file's length before use,
+so a hostile header can neither raise a stray exception nor make ftpatch
+allocate memory in proportion to a number it read.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+from ftpatch.errors import MalformedElfError, NotElfError
+from ftpatch.model import Location
+
+ELFMAG = b"\x7fELF"
+ELFCLASS32, ELFCLASS64 = 1, 2
+ELFDATA2LSB, ELFDATA2MSB = 1, 2
+ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
+EM_AARCH64 = 183
+
+SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA = 1, 2, 3, 4
+SHT_DYNAMIC, SHT_NOBITS, SHT_REL, SHT_DYNSYM = 6, 8, 9, 11
+SHT_GROUP, SHT_SYMTAB_SHNDX, SHT_RELR = 17, 18, 19
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
+
+SHN_UNDEF, SHN_LORESERVE, SHN_ABS, SHN_COMMON, SHN_XINDEX = 0, 0xFF00, 0xFFF1, 0xFFF2, 0xFFFF
+
+STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE = 0, 1, 2, 3, 4
+STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
+
+PT_LOAD, PT_DYNAMIC = 1, 2
+
+R_AARCH64_ABS64 = 257  # AAELF64 table 5-x: S + A
+R_AARCH64_RELATIVE = 1027  # Delta(S) + A
+
+DT_NULL, DT_RELA, DT_RELASZ, DT_RELAENT = 0, 7, 8, 9
+DT_RELRSZ, DT_RELR, DT_RELRENT = 35, 36, 37
+
+EHDR_SIZE = 64
+SHDR_SIZE = 64
+PHDR_SIZE = 56
+SYM_SIZE = 24
+RELA_SIZE = 24
+
+
+@dataclass(frozen=True)
+class Section:
+    index: int
+    name: str
+    sh_type: int
+    sh_flags: int
+    sh_addr: int
+    sh_offset: int
+    sh_size: int
+    sh_link: int
+    sh_info: int
+    sh_addralign: int
+    sh_entsize: int
+
+    @property
+    def is_code(self) -> bool:
+        return self.sh_type == SHT_PROGBITS and bool(self.sh_flags & SHF_EXECINSTR)
+
+
+@dataclass(frozen=True)
+class Segment:
+    p_type: int
+    p_flags: int
+    p_offset: int
+    p_vaddr: int
+    p_filesz: int
+    p_memsz: int
+
+
+@dataclass(frozen=True)
+class Symbol:
+    index: int
+    name: str
+    st_value: int
+    st_size: int
+    st_type: int
+    st_bind: int
+    st_shndx: int  # with SHN_XINDEX already resolved through SHT_SYMTAB_SHNDX
+
+
+@dataclass(frozen=True)
+class Rela:
+    file_offset: int  # of this entry; r_addend is at file_offset + 16
+    r_offset: int
+    r_sym: int
+    r_type: int
+    r_addend: int
+
+
+class ElfFile:
+    """Read-only view over the bytes of one ELF64 AArch64 file."""
+
+    def __init__(self, path: str, data: bytes | mmap.mmap) -> None:
+        self.path = path
+        self.data = data
+        self.size = len(data)
+        if self.size < 16 or bytes(data[:4]) != ELFMAG:
+            raise NotElfError(Location(path), "not an ELF file")
+        ei_class, ei_data = data[4], data[5]
+        if ei_class != ELFCLASS64:
+            kind = "ELF32" if ei_class == ELFCLASS32 else f"EI_CLASS {ei_class}"
+            raise NotElfError(Location(path), f"not ELF64 ({kind}): ftpatch handles AArch64 ELF64")
+        if ei_data not in (ELFDATA2LSB, ELFDATA2MSB):
+            raise NotElfError(Location(path), f"bad EI_DATA {ei_data}")
+        self.big_endian = ei_data == ELFDATA2MSB
+        self.endian = ">" if self.big_endian else "<"
+        if self.size < EHDR_SIZE:
+            raise MalformedElfError(Location(path), "truncated ELF header")
+        e = self.endian
+        (
+            self.e_type,
+            self.e_machine,
+            _version,
+            self.e_entry,
+            self.e_phoff,
+            self.e_shoff,
+            _flags,
+            _ehsize,
+            self.e_phentsize,
+            self.e_phnum,
+            self.e_shentsize,
+            self.e_shnum,
+            self.e_shstrndx,
+        ) = struct.unpack_from(e + "HHIQQQIHHHHHH", data, 16)
+        if self.e_machine != EM_AARCH64:
+            raise NotElfError(
+                Location(path), f"not AArch64 (e_machine {self.e_machine}, expected {EM_AARCH64})"
+            )
+        self._u64 = struct.Struct(e + "Q")
+        self._i64 = struct.Struct(e + "q")
+        self.sections = self._read_sections()
+        self.segments = self._read_segments()
+
+    # -- helpers ---------------------------------------------------------
+
+    def where(self, section: str | None = None, offset: int | None = None) -> Location:
+        return Location(self.path, section, offset)
+
+    def check_range(self, file_offset: int, size: int, what: str) -> None:
+        if file_offset < 0 or size < 0 or file_offset + size > self.size:
+            raise MalformedElfError(
+                self.where(),
+                f"{what} at file offset {file_offset:#x} size {size:#x} lies outside the file "
+                f"({self.size:#x} bytes)",
+            )
+
+    def u64(self, file_offset: int) -> int:
+        value: int = self._u64.unpack_from(self.data, file_offset)[0]
+        return value
+
+    def pack_u64(self, value: int) -> bytes:
+        return self._u64.pack(value & 0xFFFFFFFFFFFFFFFF)
+
+    def pack_i64(self, value: int) -> bytes:
+        return self._i64.pack(value)
+
+    def section_bytes(self, section: Section) -> memoryview:
+        if section.sh_type == SHT_NOBITS:
+            return memoryview(b"")
+        return memoryview(self.data)[section.sh_offset : section.sh_offset + section.sh_size]
+
+    # -- section and program header tables --------------------------------
+
+    def _read_sections(self) -> list[Section]:
+        if self.e_shoff == 0:
+            return []
+        if self.e_shentsize != SHDR_SIZE:
+            raise MalformedElfError(self.where(), f"e_shentsize {self.e_shentsize} is not 64")
+        self.check_range(self.e_shoff, SHDR_SIZE, "section header table")
+        fmt = struct.Struct(self.endian + "IIQQQQIIQQ")
+        shnum = self.e_shnum
+        shstrndx = self.e_shstrndx
+        if shnum == 0 or shstrndx == SHN_XINDEX:  # gABI: extended numbering in section 0
+            first = fmt.unpack_from(self.data, self.e_shoff)
+            if shnum == 0:
+                shnum = first[5]
+            if shstrndx == SHN_XINDEX:
+                shstrndx = first[7]
+        self.check_range(self.e_shoff, shnum * SHDR_SIZE, "section header table")
+        raw = [fmt.unpack_from(self.data, self.e_shoff + i * SHDR_SIZE) for i in range(shnum)]
+        if not 0 <= shstrndx < shnum:
+            raise MalformedElfError(self.where(), f"e_shstrndx {shstrndx} out of range")
+        for i, r in enumerate(raw):
+            if r[1] != SHT_NOBITS and r[1] != 0:
+                self.check_range(r[4], r[5], f"section [{i}]")
+        strtab = raw[shstrndx]
+        str_off, str_size = strtab[4], strtab[5]
+        sections = []
+        for i, r in enumerate(raw):
+            name = self._string(str_off, str_size, r[0], f"section [{i}] name")
+            sections.append(Section(i, name, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]))
+        return sections
+
+    def _read_segments(self) -> list[Segment]:
+        if self.e_phoff == 0 or self.e_phnum == 0:
+            return []
+        if self.e_phentsize != PHDR_SIZE:
+            raise MalformedElfError(self.where(), f"e_phentsize {self.e_phentsize} is not 56")
+        self.check_range(self.e_phoff, self.e_phnum * PHDR_SIZE, "program header table")
+        fmt = struct.Struct(self.endian + "IIQQQQQQ")
+        segments = []
+        for i in range(self.e_phnum):
+            p_type, p_flags, p_offset, p_vaddr, _paddr, p_filesz, p_memsz, _align = fmt.unpack_from(
+                self.data, self.e_phoff + i * PHDR_SIZE
+            )
+            if p_type == PT_LOAD:
+                self.check_range(p_offset, p_filesz, f"program header [{i}]")
+            segments.append(Segment(p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz))
+        return segments
+
+    def _string(self, table_offset: int, table_size: int, index: int, what: str) -> str:
+        if index >= table_size:
+            raise MalformedElfError(self.where(), f"{what}: string index {index} out of range")
+        start = table_offset + index
+        end = self.data.find(b"\0", start, table_offset + table_size)
+        if end < 0:
+            raise MalformedElfError(self.where(), f"{what}: unterminated string")
+        return bytes(self.data[start:end]).decode("utf-8", "replace")
+
+    def section(self, index: int, what: str = "section index") -> Section:
+        if not 0 <= index < len(self.sections):
+            raise MalformedElfError(self.where(), f"{what} {index} out of range")
+        return self.sections[index]
+
+    def sections_named(self, name: str) -> list[Section]:
+        return [s for s in self.sections if s.name == name]
+
+    # -- symbols ---------------------------------------------------------
+
+    @cached_property
+    def symtab(self) -> Section | None:
+        for s in self.sections:
+            if s.sh_type == SHT_SYMTAB:
+                return s
+        return None
+
+    @cached_property
+    def _symtab_shndx(self) -> memoryview | None:
+        tab = self.symtab
+        if tab is None:
+            return None
+        for s in self.sections:
+            if s.sh_type == SHT_SYMTAB_SHNDX and s.sh_link == tab.index:
+                return self.section_bytes(s)
+        return None
+
+    @cached_property
+    def _raw_symbols(self) -> list[tuple[int, int, int, int, int, int]]:
+        tab = self.symtab
+        if tab is None:
+            return []
+        if tab.sh_entsize != SYM_SIZE:
+            raise MalformedElfError(self.where(tab.name), f"sh_entsize {tab.sh_entsize} is not 24")
+        fmt = self.endian + "IBBHQQ"
+        return list(struct.iter_unpack(fmt, self.section_bytes(tab)[: tab.sh_size // 24 * 24]))
+
+    @property
+    def symbol_count(self) -> int:
+        return len(self._raw_symbols)
+
+    def symbol(self, index: int) -> Symbol:
+        raw = self._raw_symbols
+        if not 0 <= index < len(raw):
+            raise MalformedElfError(self.where(), f"symbol index {index} out of range")
+        st_name, st_info, _other, st_shndx, st_value, st_size = raw[index]
+        if st_shndx == SHN_XINDEX:
+            xtab = self._symtab_shndx
+            if xtab is None or (index + 1) * 4 > len(xtab):
+                raise MalformedElfError(self.where(), f"symbol {index}: SHN_XINDEX without table")
+            st_shndx = struct.unpack_from(self.endian + "I", xtab, index * 4)[0]
+        tab = self.symtab
+        assert tab is not None
+        strtab = self.section(tab.sh_link, "symtab sh_link")
+        name = self._string(strtab.sh_offset, strtab.sh_size, st_name, f"symbol {index} name")
+        if st_info & 0xF == STT_SECTION and not name and 0 < st_shndx < len(self.sections):
+            name = self.sections[st_shndx].name
+        return Symbol(index, name, st_value, st_size, st_info & 0xF, st_info >> 4, st_shndx)
+
+    def iter_symbols(self) -> Iterator[Symbol]:
+        for i in range(len(self._raw_symbols)):
+            yield self.symbol(i)
+
+    def symbol_shndx(self, index: int) -> int:
+        """st_shndx of symbol ``index`` without decoding its name (hot path)."""
+        raw = self._raw_symbols
+        if not 0 <= index < len(raw):
+            raise MalformedElfError(self.where(), f"symbol index {index} out of range")
+        shndx: int = raw[index][3]
+        if shndx == SHN_XINDEX:
+            return self.symbol(index).st_shndx
+        return shndx
+
+    def symbol_value(self, index: int) -> int:
+        value: int = self._raw_symbols[index][4]
+        return value
+
+    @cached_property
+    def code_symbols(self) -> dict[int, list[tuple[int, int, int]]]:
+        """Per section index: sorted (st_value, rank, symbol index) of code symbols.
+
+        Mapping symbols (``$x``, ``$d``: AAELF64 5.5.4), section and file
+        symbols are left out.  ``rank`` orders aliases at one address: a
+        global STT_FUNC is the best name for a place.
+        """
+        by_section: dict[int, list[tuple[int, int, int]]] = {}
+        strtab_off = strtab_size = 0
+        tab = self.symtab
+        if tab is not None:
+            strtab = self.section(tab.sh_link, "symtab sh_link")
+            strtab_off, strtab_size = strtab.sh_offset, strtab.sh_size
+        data = self.data
+        for index, (st_name, st_info, _o, st_shndx, st_value, _sz) in enumerate(self._raw_symbols):
+            st_type = st_info & 0xF
+            if st_type not in (STT_FUNC, STT_NOTYPE) or st_name == 0 or st_name >= strtab_size:
+                continue
+            if data[strtab_off + st_name] == 0x24:  # "$": mapping symbol
+                continue
+            if st_shndx == SHN_XINDEX:
+                st_shndx = self.symbol(index).st_shndx
+            elif st_shndx == SHN_UNDEF or st_shndx >= SHN_LORESERVE:
+                continue
+            rank = (0 if st_type == STT_FUNC else 2) + (0 if st_info >> 4 != STB_LOCAL else 1)
+            by_section.setdefault(st_shndx, []).append((st_value, rank, index))
+        for entries in by_section.values():
+            entries.sort()
+        return by_section
+
+    # -- relocations -----------------------------------------------------
+
+    def relas_for(self, target: Section) -> list[Section]:
+        return [
+            s
+            for s in self.sections
+            if s.sh_type in (SHT_RELA, SHT_REL) and s.sh_info == target.index
+        ]
+
+    def iter_rela(self, rela: Section) -> Iterator[Rela]:
+        if rela.sh_entsize != RELA_SIZE:
+            raise MalformedElfError(
+                self.where(rela.name), f"sh_entsize {rela.sh_entsize} is not {RELA_SIZE}"
+            )
+        fmt = struct.Struct(self.endian + "QQq")
+        base = rela.sh_offset
+        for n, (r_offset, r_info, r_addend) in enumerate(
+            fmt.iter_unpack(self.section_bytes(rela)[: rela.sh_size // RELA_SIZE * RELA_SIZE])
+        ):
+            yield Rela(base + n * RELA_SIZE, r_offset, r_info >> 32, r_info & 0xFFFFFFFF, r_addend)
+
+    # -- addresses (linked images) -----------------------------------------
+
+    def address_to_file_offset(self, address: int, size: int = 4) -> int | None:
+        for seg in self.segments:
+            if (
+                seg.p_type == PT_LOAD
+                and seg.p_vaddr <= address
+                and address + size <= (seg.p_vaddr + seg.p_filesz)
+            ):
+                return seg.p_offset + (address - seg.p_vaddr)
+        return None
+
+    def section_at_address(self, address: int) -> Section | None:
+        for s in self.sections:
+            if (
+                s.sh_flags & SHF_ALLOC
+                and s.sh_type != SHT_NOBITS
+                and s.sh_addr <= address < s.sh_addr + s.sh_size
+            ):
+                return s
+        return None
+
+
+def open_elf(path: str) -> tuple[ElfFile, mmap.mmap | bytes]:
+    """Map ``path`` read-only and parse it.  The caller closes the map."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise NotElfError(Location(path), f"cannot open: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        data: mmap.mmap | bytes
+        if size == 0:
+            data = b""
+        else:
+            data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise NotElfError(Location(path), f"cannot read: {exc}") from None
+    finally:
+        os.close(fd)
+    try:
+        return ElfFile(path, data), data
+    except BaseException:
+        if isinstance(data, mmap.mmap):
+            data.close()
+        raise

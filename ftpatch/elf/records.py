@@ -1,0 +1,156 @@
+"""Finding the records of ``__patchable_function_entries`` and what they point at.
+
+Relocatable objects (``.o``, ``ld -r`` output): each record is 8 bytes whose
+value is the addend of an ``R_AARCH64_ABS64`` RELA entry against a symbol
+(AAELF64 5.7.4: S + A).  A record is always mapped through its relocation,
+never through the records section's ``sh_link``: GCC 11/12 with
+``-ffunction-sections`` emits one records section whose ``sh_link`` names
+only the first text section (GCC PR 110729).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftpatch.elf.reader import (
+    R_AARCH64_ABS64,
+    SHN_ABS,
+    SHN_COMMON,
+    SHN_UNDEF,
+    SHT_REL,
+    SHT_RELA,
+    ElfFile,
+    Section,
+)
+from ftpatch.errors import MalformedElfError
+
+RECORDS_SECTION = "__patchable_function_entries"
+RECORD_SIZE = 8
+
+_RELOC_NAMES = {
+    257: "R_AARCH64_ABS64",
+    258: "R_AARCH64_ABS32",
+    260: "R_AARCH64_PREL64",
+    261: "R_AARCH64_PREL32",
+    1027: "R_AARCH64_RELATIVE",
+}
+
+
+def reloc_name(r_type: int) -> str:
+    return _RELOC_NAMES.get(r_type, f"relocation type {r_type}")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record before its site is classified.
+
+    ``problem`` is set when the record cannot be mapped to code at all (wrong
+    relocation, undefined symbol, target outside its section); the site is
+    then reported invalid with that reason.
+    """
+
+    section: Section  # the records section
+    index: int
+    value_file_offset: int  # where the value ftpatch edits lives (here: r_addend)
+    value: int
+    target: Section | None
+    target_offset: int
+    problem: str | None = None
+
+
+def records_sections(elf: ElfFile) -> list[Section]:
+    return [
+        s
+        for s in elf.sections
+        if s.name == RECORDS_SECTION or s.name.startswith(RECORDS_SECTION + ".")
+    ]
+
+
+def object_records(elf: ElfFile) -> list[RawRecord]:
+    """The records of a relocatable object, in section then entry order."""
+    records: list[RawRecord] = []
+    for sec in records_sections(elf):
+        count = sec.sh_size // RECORD_SIZE
+        if sec.sh_size % RECORD_SIZE:
+            raise MalformedElfError(
+                elf.where(sec.name), f"size {sec.sh_size:#x} is not a multiple of 8"
+            )
+        if count == 0:
+            continue
+        relocs = elf.relas_for(sec)
+        if any(r.sh_type == SHT_REL for r in relocs):
+            raise MalformedElfError(
+                elf.where(sec.name), "records relocated by SHT_REL, expected SHT_RELA"
+            )
+        by_offset: dict[int, tuple[int, int, int, int]] = {}
+        for rela_sec in relocs:
+            if rela_sec.sh_type != SHT_RELA:
+                continue
+            for rela in elf.iter_rela(rela_sec):
+                if rela.r_offset in by_offset:
+                    raise MalformedElfError(
+                        elf.where(sec.name, rela.r_offset), "record relocated twice"
+                    )
+                by_offset[rela.r_offset] = (
+                    rela.file_offset + 16,
+                    rela.r_sym,
+                    rela.r_type,
+                    rela.r_addend,
+                )
+        stray = [off for off in by_offset if off % RECORD_SIZE or off // RECORD_SIZE >= count]
+        if stray:
+            raise MalformedElfError(
+                elf.where(sec.name, min(stray)), "relocation does not fall on a record"
+            )
+        for index in range(count):
+            entry = by_offset.get(index * RECORD_SIZE)
+            if entry is None:
+                records.append(
+                    RawRecord(
+                        sec,
+                        index,
+                        sec.sh_offset + index * RECORD_SIZE,
+                        0,
+                        None,
+                        0,
+                        "record has no relocation",
+                    )
+                )
+                continue
+            value_file_offset, r_sym, r_type, r_addend = entry
+            records.append(_map_record(elf, sec, index, value_file_offset, r_sym, r_type, r_addend))
+    return records
+
+
+def _map_record(
+    elf: ElfFile,
+    sec: Section,
+    index: int,
+    value_file_offset: int,
+    r_sym: int,
+    r_type: int,
+    r_addend: int,
+) -> RawRecord:
+    def bad(problem: str, target: Section | None = None, offset: int = 0) -> RawRecord:
+        return RawRecord(sec, index, value_file_offset, r_addend, target, offset, problem)
+
+    if r_type != R_AARCH64_ABS64:
+        return bad(f"record relocated by {reloc_name(r_type)}, expected R_AARCH64_ABS64")
+    if not 0 < r_sym < elf.symbol_count:
+        return bad(f"relocation names symbol {r_sym}, which does not exist")
+    shndx = elf.symbol_shndx(r_sym)
+    if shndx in (SHN_UNDEF, SHN_ABS, SHN_COMMON) or shndx >= len(elf.sections):
+        name = elf.symbol(r_sym).name
+        return bad(f"record relocated against {name or 'symbol'} which is not in a section")
+    target = elf.sections[shndx]
+    offset = elf.symbol_value(r_sym) + r_addend
+    if not target.is_code:
+        return bad(f"record points into {target.name}, which is not code", target, offset)
+    if not 0 <= offset <= target.sh_size - 8:
+        return bad(
+            f"record points at {target.name}+{offset:#x}, outside the section "
+            f"({target.sh_size:#x} bytes)",
+            target,
+            offset,
+        )
+    return RawRecord(sec, index, value_file_offset, r_addend, target, offset)

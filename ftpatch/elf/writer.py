@@ -1,0 +1,124 @@
+"""The one writer of bytes: apply a Plan's same-size edits, atomically.
+
+recordmcount's habits: check the exact bytes before patching, write a
+temporary file beside the target, fsync it, rename it over the target, so a
+crash or a full disk leaves either the original or the complete rewrite.
+The rest of the file is copied by the kernel (``copy_file_range``) and never
+re-laid out, so every byte not named by an edit stays identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+
+from ftpatch.errors import FtpatchError, WriteError
+from ftpatch.model import Location, Plan
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[int]:
+    """Hold an exclusive ``flock`` on ``path`` (the file, not a lock file).
+
+    Writers replace the file by rename, so a waiter may wake up holding the
+    lock of an inode that is no longer ``path``: it then retries on the new
+    one.  This serialises concurrent ``ftpatch rewrite`` runs on one file
+    (a parallel make mishap) so that no record is moved twice.
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise FtpatchError(Location(path), f"cannot open: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_ino, current.st_dev) == (
+                mine.st_ino,
+                mine.st_dev,
+            ):
+                yield fd
+                return
+        finally:
+            os.close(fd)
+
+
+def _copy(src_fd: int, dst_fd: int, size: int) -> None:
+    offset = 0
+    try:
+        while offset < size:
+            n = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
+            if n == 0:
+                break
+            offset += n
+    except OSError as exc:
+        if exc.errno not in (18, 22, 38, 95):  # EXDEV EINVAL ENOSYS EOPNOTSUPP: fall back
+            raise
+    while offset < size:
+        chunk = os.pread(src_fd, min(1 << 22, size - offset), offset)
+        if not chunk:
+            raise OSError(5, "short read")
+        os.pwrite(dst_fd, chunk, offset)
+        offset += len(chunk)
+
+
+def write_plan(plan: Plan, source: str, data: bytes | memoryview | object, dest: str) -> None:
+    """Write ``source`` with ``plan`` applied to ``dest`` (may equal ``source``).
+
+    ``data`` is the content the plan was made from; each edit's expected bytes
+    are checked against it before anything is written.
+    """
+    view = memoryview(data)  # type: ignore[arg-type]
+    for edit in plan.edits:
+        found = bytes(view[edit.file_offset : edit.file_offset + len(edit.old)])
+        if found != edit.old:
+            raise FtpatchError(
+                edit.location,
+                f"expected bytes {edit.old.hex()} at file offset {edit.file_offset:#x}, "
+                f"found {found.hex()}",
+            )
+    dest_dir = os.path.dirname(os.path.abspath(dest))
+    try:
+        src_fd = os.open(source, os.O_RDONLY)
+    except OSError as exc:
+        raise WriteError(Location(source), f"cannot open: {exc.strerror}") from None
+    tmp_path: str | None = None
+    try:
+        st = os.fstat(src_fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if dest != source and os.path.exists(dest):
+            mode = stat.S_IMODE(os.stat(dest).st_mode)
+        tmp_fd, tmp_path = tempfile.mkstemp(
+            prefix="." + os.path.basename(dest) + ".", suffix=".ftpatch-tmp", dir=dest_dir
+        )
+        try:
+            _copy(src_fd, tmp_fd, st.st_size)
+            for edit in plan.edits:
+                os.pwrite(tmp_fd, edit.new, edit.file_offset)
+            os.fchmod(tmp_fd, mode)
+            os.fsync(tmp_fd)
+        finally:
+            os.close(tmp_fd)
+        os.replace(tmp_path, dest)
+        tmp_path = None
+        dir_fd = os.open(dest_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise WriteError(Location(dest), f"cannot write: {reason}; input left unchanged") from None
+    finally:
+        os.close(src_fd)
+        if tmp_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_path)

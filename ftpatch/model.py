@@ -1,0 +1,124 @@
+"""Frozen data shared by every layer: places, sites, records, edits, plans.
+
+Offsets are named by what they count from: ``offset`` counts from the start of
+a section, ``file_offset`` from the start of the file, ``address`` is virtual.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in a file, printed as ``file: func+0x4`` (or ``.text+0x10``)."""
+
+    path: str
+    section: str | None = None
+    offset: int | None = None
+    symbol: str | None = None
+    symbol_offset: int | None = None
+
+    def __str__(self) -> str:
+        if self.symbol is not None and self.symbol_offset is not None:
+            delta = self.symbol_offset
+            sign = "-" if delta < 0 else "+"
+            return f"{self.path}: {self.symbol}{sign}{abs(delta):#x}"
+        if self.section is not None and self.offset is not None:
+            return f"{self.path}: {self.section}+{self.offset:#x}"
+        if self.section is not None:
+            return f"{self.path}: {self.section}"
+        return self.path
+
+
+class State(enum.Enum):
+    PRISTINE = "pristine"  # nop ; nop, record on the first nop
+    REWRITTEN = "rewritten"  # mov x9, x30 ; nop, record on the nop (the BL slot)
+    INVALID = "invalid"
+
+
+class RecordKind(enum.Enum):
+    """How the address of a record is stored, hence how it is moved."""
+
+    RELA_ADDEND = "rela"  # relocatable object: R_AARCH64_ABS64 addend (AAELF64 5.7.4)
+    ABSOLUTE = "absolute"  # linked image: the 64-bit word itself holds the address
+    DYN_RELA = "dyn-rela"  # PIE: word is 0, address in an R_AARCH64_RELATIVE addend
+    RELR = "relr"  # PIE with DT_RELR: the word holds the address, relr marks it
+
+
+@dataclass(frozen=True)
+class Record:
+    """One entry of ``__patchable_function_entries`` (an mcount record).
+
+    ``value_file_offset`` is where the 64-bit value that ``ftpatch`` edits lives
+    (an ``r_addend`` field or the record word itself); ``target`` is the
+    offset (ET_REL: in ``target_section``) or address (linked) it designates.
+    """
+
+    section: str  # records section name
+    index: int  # entry number within the records section
+    kind: RecordKind
+    value_file_offset: int
+    value: int  # the stored 64-bit value (addend or address)
+    target_section: str  # text section the record points into
+    target_offset: int  # offset of the record's target within target_section
+    target_address: int | None = None  # virtual address (linked images only)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shape of a function entry: ``[prefix nops] [bti c] nop ; nop``."""
+
+    prefix_nops: int | None  # None: unknown (a rewritten site no longer says)
+    bti: bool
+
+    def __str__(self) -> str:
+        parts = []
+        if self.prefix_nops is None:
+            parts.append("prefix?")
+        elif self.prefix_nops:
+            parts.append(f"{self.prefix_nops}-nop-prefix")
+        if self.bti:
+            parts.append("bti")
+        return "+".join(parts) if parts else "plain"
+
+
+@dataclass(frozen=True)
+class Site:
+    """A patch site: a record and the function entry it designates."""
+
+    record: Record
+    location: Location  # place of the record's target (function-relative)
+    function: str | None
+    layout: Layout | None
+    state: State
+    reason: str | None = None
+    # Offsets within target_section of the two entry words (None if unknown).
+    mov_offset: int | None = None  # first entry word: nop -> mov x9, x30
+    slot_offset: int | None = None  # second entry word: the BL slot
+    mov_file_offset: int | None = None
+    slot_file_offset: int | None = None
+    slot_address: int | None = None  # linked images: virtual address of the slot
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One same-size byte change, carrying the bytes it expects to replace."""
+
+    file_offset: int
+    old: bytes
+    new: bytes
+    location: Location
+    what: str  # "mov x9, x30" or "record +4"
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: str
+    sites: tuple[Site, ...]
+    edits: tuple[Edit, ...] = field(default=())
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.edits)

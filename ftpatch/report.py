@@ -1,0 +1,122 @@
+"""Scan and rewrite results -> text lines and JSON-ready dicts.  Prints nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ftpatch.model import Edit, Site
+from ftpatch.rewrite import RewriteResult
+from ftpatch.scan import ScanResult
+
+
+def site_dict(site: Site) -> dict[str, Any]:
+    r = site.record
+    return {
+        "record_section": r.section,
+        "record_index": r.index,
+        "record_kind": r.kind.value,
+        "record_value": r.value,
+        "target_section": r.target_section,
+        "target_offset": r.target_offset,
+        "target_address": r.target_address,
+        "function": site.function,
+        "location": str(site.location).split(": ", 1)[-1],
+        "layout": str(site.layout) if site.layout else None,
+        "prefix_nops": site.layout.prefix_nops if site.layout else None,
+        "bti": site.layout.bti if site.layout else None,
+        "state": site.state.value,
+        "reason": site.reason,
+        "mov_offset": site.mov_offset,
+        "slot_offset": site.slot_offset,
+        "slot_address": site.slot_address,
+    }
+
+
+def scan_dict(result: ScanResult) -> dict[str, Any]:
+    return {
+        "path": result.path,
+        "kind": result.kind,
+        "endian": "big" if result.elf.big_endian else "little",
+        "counts": result.counts(),
+        "sites": [site_dict(s) for s in result.sites],
+    }
+
+
+def _summary(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
+def scan_lines(result: ScanResult) -> list[str]:
+    sites = result.sites
+    if not sites:
+        return [f"{result.path}: no patchable function entries"]
+    sections = len({s.record.section for s in sites})
+    lines = [
+        f"{result.path}: {len(sites)} records in {sections} section"
+        f"{'s' if sections != 1 else ''} ({_summary(result.counts())})"
+    ]
+    rows = []
+    for s in sites:
+        r = s.record
+        where = str(s.location).split(": ", 1)[-1]
+        rows.append(
+            (
+                f"{r.section}[{r.index}]",
+                f"{r.target_section}+{r.target_offset:#x}",
+                where if s.function else "-",
+                str(s.layout) if s.layout else "-",
+                s.state.value + (f": {s.reason}" if s.reason else ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    header = ("record", "target", "function", "layout", "state")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=False)]
+    for row in [header, *rows]:
+        cells = [c.ljust(widths[i]) for i, c in enumerate(row[:4])]
+        lines.append("  " + "  ".join(cells) + "  " + row[4])
+    return lines
+
+
+def edit_dict(edit: Edit) -> dict[str, Any]:
+    return {
+        "file_offset": edit.file_offset,
+        "location": str(edit.location).split(": ", 1)[-1],
+        "what": edit.what,
+        "old": edit.old.hex(),
+        "new": edit.new.hex(),
+    }
+
+
+def rewrite_dict(result: RewriteResult) -> dict[str, Any]:
+    return {
+        "path": result.path,
+        "output": result.output,
+        "sites": len(result.plan.sites),
+        "pristine": result.pristine,
+        "already_rewritten": result.rewritten,
+        "edits": [edit_dict(e) for e in result.plan.edits],
+        "written": result.written,
+    }
+
+
+def rewrite_line(result: RewriteResult, *, check: bool = False, dry_run: bool = False) -> str:
+    path = result.path
+    n = len(result.plan.sites)
+    if n == 0:
+        return f"{path}: no patchable function entries, nothing to do"
+    if result.pristine == 0:
+        return f"{path}: all {n} sites already rewritten, nothing to do"
+    if check or dry_run:
+        return f"{path}: would rewrite {result.pristine} of {n} sites"
+    target = "" if result.output == result.path else f" -> {result.output}"
+    return f"{path}: rewrote {result.pristine} of {n} sites{target}"
+
+
+def plan_lines(result: RewriteResult) -> list[str]:
+    lines = []
+    for e in result.plan.edits:
+        lines.append(
+            f"  {str(e.location).split(': ', 1)[-1]}: file offset {e.file_offset:#x}: "
+            f"{e.what}: {e.old.hex()} -> {e.new.hex()}"
+        )
+    return lines

@@ -1,0 +1,319 @@
+"""Classify each record's function entry: pristine, rewritten or invalid.
+
+A site is pristine when its record points at ``nop ; nop`` (after optional
+prefix NOPs and BTI C), rewritten when the record points at the ``nop`` (the
+BL slot) right after ``mov x9, x30``, and invalid otherwise.  The function
+symbol decides where the entry is, so that a half-rewritten object (MOV
+written but record not moved, or record moved but no MOV) is told apart from
+both states instead of being taken for one of them.
+"""
+
+from __future__ import annotations
+
+import mmap
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from ftpatch import arm64
+from ftpatch.elf.reader import ET_REL, ElfFile, Section, open_elf
+from ftpatch.elf.records import RawRecord, object_records
+from ftpatch.model import Layout, Location, Record, RecordKind, Site, State
+
+# -fpatchable-function-entry=N,M puts M NOPs before the symbol; Linux uses 2.
+# A record this far before its function is still taken for a prefix.
+MAX_PREFIX_WORDS = 16
+
+
+@dataclass
+class ScanResult:
+    """The sites of one file, and the open file they came from."""
+
+    path: str
+    elf: ElfFile
+    sites: tuple[Site, ...]
+    _data: mmap.mmap | bytes = field(repr=False)
+
+    @property
+    def kind(self) -> str:
+        return {1: "relocatable", 2: "executable", 3: "shared"}.get(self.elf.e_type, "other")
+
+    def read(self, file_offset: int, size: int) -> bytes:
+        self.elf.check_range(file_offset, size, "read")
+        return bytes(self._data[file_offset : file_offset + size])
+
+    def symbol_address(self, name: str) -> int | None:
+        for sym in self.elf.iter_symbols():
+            if sym.name == name and sym.st_shndx != 0:
+                return sym.st_value
+        return None
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in State}
+        for site in self.sites:
+            out[site.state.value] += 1
+        return out
+
+    def close(self) -> None:
+        if isinstance(self._data, mmap.mmap):
+            self._data.close()
+
+    def __enter__(self) -> ScanResult:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def scan_file(path: str) -> ScanResult:
+    elf, data = open_elf(path)
+    try:
+        return ScanResult(path, elf, scan_elf(elf), data)
+    except BaseException:
+        if isinstance(data, mmap.mmap):
+            data.close()
+        raise
+
+
+def scan_elf(elf: ElfFile) -> tuple[Site, ...]:
+    if elf.e_type == ET_REL:
+        raw = object_records(elf)
+        kind = RecordKind.RELA_ADDEND
+    else:
+        from ftpatch.elf.image import image_records  # linked images only
+
+        raw, kind = image_records(elf)
+    classifier = _Classifier(elf)
+    return tuple(classifier.site(r, kind) for r in raw)
+
+
+class _Classifier:
+    def __init__(self, elf: ElfFile) -> None:
+        self.elf = elf
+        self.linked = elf.e_type != ET_REL
+        self._symbols: dict[int, tuple[list[int], list[int]]] = {}
+
+    def _code_symbols(self, sec: Section) -> tuple[list[int], list[int]]:
+        """(offsets, symbol indexes) of the code symbols of ``sec``, sorted."""
+        cached = self._symbols.get(sec.index)
+        if cached is None:
+            entries = self.elf.code_symbols.get(sec.index, [])
+            base = sec.sh_addr if self.linked else 0
+            offsets: list[int] = []
+            indexes: list[int] = []
+            for value, _rank, index in entries:
+                offset = value - base
+                if offsets and offsets[-1] == offset:
+                    continue  # keep the best-ranked alias at this offset
+                offsets.append(offset)
+                indexes.append(index)
+            cached = (offsets, indexes)
+            self._symbols[sec.index] = cached
+        return cached
+
+    def site(self, raw: RawRecord, kind: RecordKind) -> Site:
+        elf = self.elf
+        sec = raw.target
+        target_name = sec.name if sec is not None else "?"
+        address = raw.target_offset + sec.sh_addr if (sec is not None and self.linked) else None
+        record = Record(
+            raw.section.name,
+            raw.index,
+            kind,
+            raw.value_file_offset,
+            raw.value,
+            target_name,
+            raw.target_offset,
+            address,
+        )
+        if raw.problem is not None or sec is None:
+            where = Location(elf.path, raw.section.name, raw.index * 8)
+            return Site(record, where, None, None, State.INVALID, raw.problem)
+
+        data = elf.data
+        base = sec.sh_offset
+        size = sec.sh_size
+
+        def word(offset: int) -> int | None:
+            if 0 <= offset <= size - 4:
+                return arm64.read_word(data, base + offset)
+            return None
+
+        r = raw.target_offset
+        offsets, indexes = self._code_symbols(sec)
+        owner: int | None = None  # index (in offsets) of the function symbol
+        # Pristine with prefix (or plain): the first symbol at or after r with
+        # only NOPs between r and it.
+        i = bisect_left(offsets, r)
+        if i < len(offsets) and offsets[i] - r <= 4 * MAX_PREFIX_WORDS:
+            if all(word(o) == arm64.NOP for o in range(r, offsets[i], 4)):
+                owner = i
+        if owner is None:
+            j = bisect_right(offsets, r) - 1
+            if j >= 0:
+                owner = j
+        name: str | None = None
+        loc_of: Callable[[int], Location]
+        v: int | None = None
+        if owner is not None:
+            v = offsets[owner]
+            name = elf.symbol(indexes[owner]).name
+
+            def loc_of(o: int) -> Location:
+                return Location(elf.path, sec.name, o, name, o - v)
+        else:
+
+            def loc_of(o: int) -> Location:
+                return Location(elf.path, sec.name, o)
+
+        if r % 4:
+            return Site(
+                record,
+                loc_of(r),
+                name,
+                None,
+                State.INVALID,
+                f"record is not 4-byte aligned ({sec.name}+{r:#x})",
+            )
+
+        def fo(o: int) -> int:
+            return base + o
+
+        def found(o: int, expected: str) -> str:
+            w = word(o)
+            got = arm64.describe(w) if w is not None else "end of section"
+            return f"expected {expected}, found {got}"
+
+        if v is None or v < r - 8:
+            # No symbol for this entry (hand-written code, stripped local):
+            # judge by the words alone.
+            return self._by_words(record, r, word, loc_of, fo, name)
+
+        bti = word(v) in arm64.BTI_LANDING_PADS
+        e = v + 4 if bti else v  # the first entry word
+        slot = e + 4
+        w0, w1 = word(e), word(slot)
+        sites = dict(
+            mov_offset=e,
+            slot_offset=slot,
+            mov_file_offset=fo(e),
+            slot_file_offset=fo(slot),
+            slot_address=(sec.sh_addr + slot) if self.linked else None,
+        )
+        if r < v or r == e:
+            # record at the pristine position: the entry itself, or prefix NOPs
+            prefix = (v - r) // 4 if r < v else 0
+            layout = Layout(prefix, bti)
+            if w0 == arm64.NOP and w1 == arm64.NOP:
+                return Site(record, loc_of(r), name, layout, State.PRISTINE, None, **sites)
+            if w0 == arm64.MOV_X9_X30 and w1 == arm64.NOP:
+                return Site(
+                    record,
+                    loc_of(e),
+                    name,
+                    layout,
+                    State.INVALID,
+                    "half rewritten: mov x9, x30 present but record not moved to the BL slot",
+                    **sites,
+                )
+            bad = e if w0 != arm64.NOP else slot
+            return Site(
+                record,
+                loc_of(bad),
+                name,
+                layout,
+                State.INVALID,
+                found(bad, "nop (d503201f)"),
+                **sites,
+            )
+        layout = Layout(None, bti)
+        if r == slot:
+            if w0 == arm64.MOV_X9_X30 and w1 == arm64.NOP:
+                return Site(record, loc_of(r), name, layout, State.REWRITTEN, None, **sites)
+            if w0 == arm64.NOP and w1 == arm64.NOP:
+                return Site(
+                    record,
+                    loc_of(e),
+                    name,
+                    layout,
+                    State.INVALID,
+                    "half rewritten: record moved to the BL slot but no mov x9, x30 before it",
+                    **sites,
+                )
+            bad = e if w0 != arm64.MOV_X9_X30 else slot
+            expected = "mov x9, x30 (aa1e03e9)" if bad == e else "nop (d503201f)"
+            return Site(
+                record, loc_of(bad), name, layout, State.INVALID, found(bad, expected), **sites
+            )
+        if r == v and bti:
+            return Site(
+                record,
+                loc_of(r),
+                name,
+                layout,
+                State.INVALID,
+                f"record points at the landing pad, {found(r, 'nop (d503201f)')}",
+            )
+        return Site(
+            record,
+            loc_of(r),
+            name,
+            None,
+            State.INVALID,
+            f"record is not at the entry of {name}: {found(r, 'nop (d503201f)')}",
+        )
+
+    def _by_words(
+        self,
+        record: Record,
+        r: int,
+        word: Callable[[int], int | None],
+        loc_of: Callable[[int], Location],
+        fo: Callable[[int], int],
+        name: str | None,
+    ) -> Site:
+        w_prev, w0, w1 = word(r - 4), word(r), word(r + 4)
+        linked = self.linked and record.target_address is not None
+        sec_addr = (record.target_address - r) if linked and record.target_address else 0
+        if w0 == arm64.NOP and w1 == arm64.NOP:
+            return Site(
+                record,
+                loc_of(r),
+                name,
+                Layout(0, w_prev in arm64.BTI_LANDING_PADS),
+                State.PRISTINE,
+                None,
+                r,
+                r + 4,
+                fo(r),
+                fo(r + 4),
+                (sec_addr + r + 4) if linked else None,
+            )
+        if w_prev == arm64.MOV_X9_X30 and w0 == arm64.NOP:
+            return Site(
+                record,
+                loc_of(r),
+                name,
+                Layout(None, word(r - 8) in arm64.BTI_LANDING_PADS),
+                State.REWRITTEN,
+                None,
+                r - 4,
+                r,
+                fo(r - 4),
+                fo(r),
+                (sec_addr + r) if linked else None,
+            )
+        bad = r if w0 != arm64.NOP else r + 4
+        got = word(bad)
+        text = arm64.describe(got) if got is not None else "end of section"
+        return Site(
+            record, loc_of(bad), name, None, State.INVALID, f"expected nop (d503201f), found {text}"
+        )
+
+
+def iter_sites(results: Iterable[ScanResult]) -> Iterable[Site]:
+    for result in results:
+        yield from result.sites
