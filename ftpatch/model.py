@@ -57,6 +57,7 @@ class Record:
     """
 
     section: str  # records section name
+    section_index: int  # its index in the section header table (Clang emits many)
     index: int  # entry number within the records section
     kind: RecordKind
     value_file_offset: int

@@ -13,6 +13,7 @@ def site_dict(site: Site) -> dict[str, Any]:
     r = site.record
     return {
         "record_section": r.section,
+        "record_section_index": r.section_index,
         "record_index": r.index,
         "record_kind": r.kind.value,
         "record_value": r.value,
@@ -50,7 +51,7 @@ def scan_lines(result: ScanResult) -> list[str]:
     sites = result.sites
     if not sites:
         return [f"{result.path}: no patchable function entries"]
-    sections = len({s.record.section for s in sites})
+    sections = len({s.record.section_index for s in sites})
     lines = [
         f"{result.path}: {len(sites)} records in {sections} section"
         f"{'s' if sections != 1 else ''} ({_summary(result.counts())})"
@@ -61,7 +62,7 @@ def scan_lines(result: ScanResult) -> list[str]:
         where = str(s.location).split(": ", 1)[-1]
         rows.append(
             (
-                f"{r.section}[{r.index}]",
+                f"[{r.section_index}] {r.section} #{r.index}",
                 f"{r.target_section}+{r.target_offset:#x}",
                 where if s.function else "-",
                 str(s.layout) if s.layout else "-",

@@ -121,6 +121,7 @@ class _Classifier:
         address = raw.target_offset + sec.sh_addr if (sec is not None and self.linked) else None
         record = Record(
             raw.section.name,
+            raw.section.index,
             raw.index,
             kind,
             raw.value_file_offset,
