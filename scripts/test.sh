@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite: install everything (apt + pip), lint, type-check, test.
+#   scripts/test.sh           full suite, the kernel and container checks included
+#   scripts/test.sh --quick   skip the slow kernel boot and container build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[[ "${1:-}" == "--quick" ]] && quick=1
+
+bash scripts/install-deps.sh
+echo "== ruff"; python3 -m ruff check ftpatch tests benchmarks
+echo "== mypy"; python3 -m mypy
+marker=""
+if [[ $quick -eq 1 ]]; then marker="not kernel and not docker"; fi
+echo "== pytest"
+set +e
+if [[ -n "$marker" ]]; then
+    python3 -m pytest -q -ra -m "$marker" -p no:cacheprovider
+else
+    python3 -m pytest -q -ra -p no:cacheprovider
+fi
+rc=$?
+set -e
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+exit $rc
