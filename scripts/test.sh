@@ -9,7 +9,7 @@ quick=0
 [[ "${1:-}" == "--quick" ]] && quick=1
 
 bash scripts/install-deps.sh
-echo "== ruff"; python3 -m ruff check ftpatch tests benchmarks
+echo "== ruff"; python3 -m ruff check $(ls -d ftpatch tests benchmarks fuzz 2>/dev/null)
 echo "== mypy"; python3 -m mypy
 marker=""
 if [[ $quick -eq 1 ]]; then marker="not kernel and not docker"; fi
