@@ -7,10 +7,13 @@ With several files the status is the worst of them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +21,7 @@ import typer
 
 from ftpatch import __version__
 from ftpatch.errors import FtpatchError
+from ftpatch.model import RecordsMode, State
 
 app = typer.Typer(
     name="ftpatch",
@@ -71,8 +75,25 @@ FilesArg = Annotated[list[Path], typer.Argument(help="ELF files (.o, ld -r outpu
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
+RecordsOpt = Annotated[
+    str,
+    typer.Option(
+        "--records",
+        help="Linked images: where the records are: 'section' (__patchable_function_entries), "
+        "'mcount-loc' (between __start_mcount_loc and __stop_mcount_loc) or 'auto'.",
+    ),
+]
+
+
+def _records_mode(value: str) -> RecordsMode:
+    if value not in ("auto", "section", "mcount-loc"):
+        _err(f"ftpatch: --records must be auto, section or mcount-loc, not {value!r}")
+        raise typer.Exit(EXIT_ERROR)
+    return value  # type: ignore[return-value]
+
+
 @app.command()
-def scan(files: FilesArg, json_: JsonOpt = False) -> None:
+def scan(files: FilesArg, records: RecordsOpt = "auto", json_: JsonOpt = False) -> None:
     """List every record of __patchable_function_entries and the state of its site.
 
     States: pristine (nop; nop), rewritten (mov x9, x30; nop with the record on
@@ -81,12 +102,13 @@ def scan(files: FilesArg, json_: JsonOpt = False) -> None:
     from ftpatch.report import scan_dict, scan_lines
     from ftpatch.scan import scan_file
 
+    mode = _records_mode(records)
     status = EXIT_OK
     docs: list[dict[str, Any]] = []
     for file in files:
         path = str(file)
         try:
-            with scan_file(path) as result:
+            with scan_file(path, mode) as result:
                 if json_:
                     docs.append(scan_dict(result))
                 else:
@@ -105,6 +127,71 @@ def scan(files: FilesArg, json_: JsonOpt = False) -> None:
     raise typer.Exit(status)
 
 
+def _collect(files: list[Path], recursive: bool) -> list[str]:
+    """Files in command-line order; directories (with -r) walked in sorted order for *.o."""
+    out: list[str] = []
+    for file in files:
+        if file.is_dir():
+            if not recursive:
+                _err(f"{file}: is a directory (use -r to rewrite the objects under it)")
+                raise typer.Exit(EXIT_ERROR)
+            for root, dirs, names in os.walk(file):
+                dirs.sort()
+                out.extend(os.path.join(root, n) for n in sorted(names) if n.endswith(".o"))
+        else:
+            out.append(str(file))
+    return out
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one file's rewrite has to say; built in a worker, printed by the parent."""
+
+    status: int
+    stdout: tuple[str, ...]
+    stderr: tuple[str, ...]
+    doc: dict[str, Any]
+
+
+def _rewrite_one(
+    path: str,
+    output: str | None,
+    check: bool,
+    dry_run: bool,
+    quiet: bool,
+    records: RecordsMode,
+) -> _Outcome:
+    from ftpatch.report import plan_lines, rewrite_dict, rewrite_line
+    from ftpatch.rewrite import rewrite_file
+
+    try:
+        result = rewrite_file(path, output, check=check, dry_run=dry_run, records_mode=records)
+    except FtpatchError as exc:
+        return _Outcome(exc.exit_status, (), (str(exc),), {"path": path, "error": str(exc)})
+    except Exception as exc:
+        msg = _internal(path, exc)
+        return _Outcome(EXIT_ERROR, (), (msg,), {"path": path, "error": msg})
+    status = EXIT_FINDINGS if check and result.plan.changes else EXIT_OK
+    lines: list[str] = []
+    if not quiet or (check and result.plan.changes):
+        lines.append(rewrite_line(result, check=check, dry_run=dry_run))
+    if dry_run:
+        lines.extend(plan_lines(result))
+    warnings = tuple(
+        f"{site.location}: warning: {site.reason}, left alone"
+        for site in result.plan.sites
+        if site.state is State.DISCARDED
+    )
+    return _Outcome(status, tuple(lines), warnings, rewrite_dict(result))
+
+
+def _default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 @app.command()
 def rewrite(
     files: FilesArg,
@@ -118,53 +205,117 @@ def rewrite(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Change nothing; print the planned edits.")
     ] = False,
+    recursive: Annotated[
+        bool, typer.Option("-r", "--recursive", help="Rewrite the *.o files under directories.")
+    ] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "-j", "--jobs", min=1, help="Files processed in parallel [default: all cores]."
+        ),
+    ] = None,
+    records: RecordsOpt = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print errors only.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Rewrite each pristine site: first entry NOP -> MOV X9,X30, record -> the BL slot.
 
-    In place by default (temporary file in the same directory, fsync, rename;
-    mode kept; a symlink's target is rewritten).  Already rewritten sites are
-    left alone, so a second run changes nothing.  Any invalid site stops the
-    file with exit 2 and leaves it byte-identical.
+    Works on relocatable objects (also ld -r output such as vmlinux.o) and linked
+    images (static, PIE with RELA or RELR).  In place by default (temporary file
+    in the same directory, fsync, rename; mode kept; a symlink's target is
+    rewritten).  Already rewritten sites are left alone, so a second run changes
+    nothing.  Any invalid site stops that file with exit 2 and leaves it
+    byte-identical; other files go on.
     """
-    from ftpatch.report import plan_lines, rewrite_dict, rewrite_line
-    from ftpatch.rewrite import rewrite_file
-
-    if output is not None and len(files) != 1:
+    mode = _records_mode(records)
+    paths = _collect(files, recursive)
+    if output is not None and len(paths) != 1:
         _err("ftpatch rewrite: -o/--output takes exactly one input file")
         raise typer.Exit(EXIT_ERROR)
-    status = EXIT_OK
-    docs: list[dict[str, Any]] = []
-    for file in files:
-        path = str(file)
-        try:
-            result = rewrite_file(
-                path, str(output) if output else None, check=check, dry_run=dry_run
-            )
-        except FtpatchError as exc:
-            _err(str(exc))
-            docs.append({"path": path, "error": str(exc)})
-            status = max(status, exc.exit_status)
-            continue
-        except Exception as exc:
-            _err(_internal(path, exc))
-            docs.append({"path": path, "error": _internal(path, exc)})
-            status = EXIT_ERROR
-            continue
-        if check and result.plan.changes:
-            status = max(status, EXIT_FINDINGS)
-        if json_:
-            docs.append(rewrite_dict(result))
-            continue
-        if not quiet or (check and result.plan.changes):
-            _out(rewrite_line(result, check=check, dry_run=dry_run))
-        if dry_run:
-            for line in plan_lines(result):
-                _out(line)
+    out = str(output) if output else None
+    work = functools.partial(
+        _rewrite_one, output=out, check=check, dry_run=dry_run, quiet=quiet, records=mode
+    )
+    outcomes = _run_many(work, paths, jobs or _default_jobs(), stream=not json_)
     if json_:
-        _out(json.dumps({"files": docs}, indent=2))
-    raise typer.Exit(status)
+        _out(json.dumps({"files": [o.doc for o in outcomes]}, indent=2))
+    raise typer.Exit(max((o.status for o in outcomes), default=EXIT_OK))
+
+
+def _emit(outcome: _Outcome) -> None:
+    for line in outcome.stderr:
+        _err(line)
+    for line in outcome.stdout:
+        _out(line)
+
+
+def _run_many(
+    work: Callable[[str], _Outcome], paths: list[str], jobs: int, *, stream: bool
+) -> list[_Outcome]:
+    """Run ``work`` on every path, ``jobs`` at a time; print in input order.
+
+    On an interactive terminal a progress bar (stderr) runs while files are
+    processed and the lines follow; otherwise lines stream as files finish,
+    still in input order, so logs are deterministic.
+    """
+    jobs = max(1, min(jobs, len(paths)))
+    interactive = stream and len(paths) > 1 and sys.stderr.isatty()
+    results: list[_Outcome | None] = [None] * len(paths)
+    printed = 0
+
+    def flush() -> None:
+        nonlocal printed
+        while printed < len(paths) and results[printed] is not None:
+            outcome = results[printed]
+            assert outcome is not None
+            if stream and not interactive:
+                _emit(outcome)
+            printed += 1
+
+    progress = None
+    task = None
+    if interactive:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        progress = Progress(
+            TextColumn("rewrite"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[f]}"),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        progress.start()
+        task = progress.add_task("rewrite", total=len(paths), f="")
+    try:
+        if jobs == 1:
+            for i, path in enumerate(paths):
+                results[i] = work(path)
+                if progress is not None and task is not None:
+                    progress.update(task, advance=1, f=path)
+                flush()
+        else:
+            import concurrent.futures
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("fork")
+            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+                futures = {pool.submit(work, p): i for i, p in enumerate(paths)}
+                for fut in concurrent.futures.as_completed(futures):
+                    i = futures[fut]
+                    results[i] = fut.result()
+                    if progress is not None and task is not None:
+                        progress.update(task, advance=1, f=paths[i])
+                    flush()
+    finally:
+        if progress is not None:
+            progress.stop()
+    done = [r for r in results if r is not None]
+    if interactive:
+        for outcome in done:
+            _emit(outcome)
+    return done
 
 
 def main() -> None:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Literal
+
+# Where a linked image keeps its records (see elf/image.py).
+RecordsMode = Literal["auto", "section", "mcount-loc"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,9 @@ class State(enum.Enum):
     PRISTINE = "pristine"  # nop ; nop, record on the first nop
     REWRITTEN = "rewritten"  # mov x9, x30 ; nop, record on the nop (the BL slot)
     INVALID = "invalid"
+    # Linked images only: a record of a function the linker dropped (0, or an
+    # address outside the code).  Reported and left alone, never "fixed".
+    DISCARDED = "discarded"
 
 
 class RecordKind(enum.Enum):
@@ -65,6 +72,7 @@ class Record:
     target_section: str  # text section the record points into
     target_offset: int  # offset of the record's target within target_section
     target_address: int | None = None  # virtual address (linked images only)
+    mirror_file_offset: int | None = None  # a second copy of the value (PIE word)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from typing import Literal
 
 from ftpatch import arm64
 from ftpatch.errors import SiteError
-from ftpatch.model import Edit, Location, Plan, RecordKind, Site, State
+from ftpatch.model import Edit, Location, Plan, Site, State
 
 _NOP = arm64.word_bytes(arm64.NOP)
 _MOV = arm64.word_bytes(arm64.MOV_X9_X30)
+_U64 = 0xFFFFFFFFFFFFFFFF
 
 
 def _at(site: Site, offset: int) -> Location:
@@ -40,7 +41,7 @@ def plan_rewrite(path: str, sites: tuple[Site, ...], *, big_endian: bool) -> Pla
     for site in sites:
         if site.state is State.INVALID:
             raise SiteError(site.location, site.reason or "invalid site")
-        if site.state is State.REWRITTEN:
+        if site.state is State.REWRITTEN or site.state is State.DISCARDED:
             continue
         assert site.mov_file_offset is not None and site.mov_offset is not None
         assert site.slot_offset is not None
@@ -51,12 +52,20 @@ def plan_rewrite(path: str, sites: tuple[Site, ...], *, big_endian: bool) -> Pla
             )
         record = site.record
         delta = site.slot_offset - record.target_offset
-        if record.kind is RecordKind.DYN_RELA or record.kind is RecordKind.RELA_ADDEND:
-            old = record.value.to_bytes(8, order, signed=True)
-            new = (record.value + delta).to_bytes(8, order, signed=True)
-        else:
-            old = record.value.to_bytes(8, order)
-            new = ((record.value + delta) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, order)
+        # Two's complement: the same bytes whether the field is r_addend (signed)
+        # or an address word (unsigned).
+        old = (record.value & _U64).to_bytes(8, order)
+        new = ((record.value + delta) & _U64).to_bytes(8, order)
+        if record.mirror_file_offset is not None:
+            edits.append(
+                Edit(
+                    record.mirror_file_offset,
+                    old,
+                    new,
+                    Location(site.location.path, record.section, record.index * 8),
+                    f"record word +{delta:#x}",
+                )
+            )
         edits.append(
             Edit(
                 record.value_file_offset,

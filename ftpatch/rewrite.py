@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ftpatch.elf.writer import locked, write_plan
 from ftpatch.errors import FtpatchError
-from ftpatch.model import Location, Plan, State
+from ftpatch.model import Location, Plan, RecordsMode, State
 from ftpatch.plan import plan_rewrite
 from ftpatch.scan import scan_file
 
@@ -34,7 +34,12 @@ class RewriteResult:
 
 
 def rewrite_file(
-    path: str, output: str | None = None, *, check: bool = False, dry_run: bool = False
+    path: str,
+    output: str | None = None,
+    *,
+    check: bool = False,
+    dry_run: bool = False,
+    records_mode: RecordsMode = "auto",
 ) -> RewriteResult:
     # Rewriting in place through a symlink rewrites its target and keeps the link.
     source = os.path.realpath(path)
@@ -50,7 +55,7 @@ def rewrite_file(
                 Location(path), "file is read-only; refusing to rewrite it in place (use -o)"
             )
     with locked(source):
-        with scan_file(source) as result:
+        with scan_file(source, records_mode) as result:
             plan = plan_rewrite(path, result.sites, big_endian=result.elf.big_endian)
             if check or dry_run:
                 return RewriteResult(path, shown, plan, False)

@@ -19,7 +19,7 @@ from types import TracebackType
 from ftpatch import arm64
 from ftpatch.elf.reader import ET_REL, ElfFile, Section, open_elf
 from ftpatch.elf.records import RawRecord, object_records
-from ftpatch.model import Layout, Location, Record, RecordKind, Site, State
+from ftpatch.model import Layout, Location, Record, RecordKind, RecordsMode, Site, State
 
 # -fpatchable-function-entry=N,M puts M NOPs before the symbol; Linux uses 2.
 # A record this far before its function is still taken for a prefix.
@@ -68,24 +68,24 @@ class ScanResult:
         self.close()
 
 
-def scan_file(path: str) -> ScanResult:
+def scan_file(path: str, records_mode: RecordsMode = "auto") -> ScanResult:
     elf, data = open_elf(path)
     try:
-        return ScanResult(path, elf, scan_elf(elf), data)
+        return ScanResult(path, elf, scan_elf(elf, records_mode), data)
     except BaseException:
         if isinstance(data, mmap.mmap):
             data.close()
         raise
 
 
-def scan_elf(elf: ElfFile) -> tuple[Site, ...]:
+def scan_elf(elf: ElfFile, records_mode: RecordsMode = "auto") -> tuple[Site, ...]:
     if elf.e_type == ET_REL:
         raw = object_records(elf)
         kind = RecordKind.RELA_ADDEND
     else:
         from ftpatch.elf.image import image_records  # linked images only
 
-        raw, kind = image_records(elf)
+        raw, kind, _area = image_records(elf, records_mode)
     classifier = _Classifier(elf)
     return tuple(classifier.site(r, kind) for r in raw)
 
@@ -129,9 +129,13 @@ class _Classifier:
             target_name,
             raw.target_offset,
             address,
+            raw.mirror_file_offset,
         )
         if raw.problem is not None or sec is None:
             where = Location(elf.path, raw.section.name, raw.index * 8)
+            if raw.problem and raw.problem.startswith("discarded: "):
+                reason = raw.problem.removeprefix("discarded: ")
+                return Site(record, where, None, None, State.DISCARDED, reason)
             return Site(record, where, None, None, State.INVALID, raw.problem)
 
         data = elf.data

@@ -56,6 +56,9 @@ class RawRecord:
     target: Section | None
     target_offset: int
     problem: str | None = None
+    # Linked PIEs from GNU ld: the record word mirrors its RELATIVE addend,
+    # so both move together.
+    mirror_file_offset: int | None = None
 
 
 def records_sections(elf: ElfFile) -> list[Section]:
