@@ -1,0 +1,146 @@
+"""One file through the verifier: scan, static checks, emulation, a report.
+
+Returns data only (``VerifyReport``); ``render.py`` turns it into text or
+JSON and ``cli.py`` prints it and picks the exit status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ftpatch.errors import FtpatchError
+from ftpatch.model import Location
+from ftpatch.scan import ScanResult, scan_file
+from ftpatch.verify.emulate import CONTRACT_TRAMPOLINE, Engine, Exploration
+from ftpatch.verify.findings import (
+    CHECK_COVERAGE,
+    CHECK_EMULATION,
+    Finding,
+    Scheme,
+    Severity,
+    SiteResult,
+    Trampoline,
+    TransitionResult,
+    VerifyReport,
+)
+from ftpatch.verify.static import FileChecker
+
+DEFAULT_TRAMPOLINE = "ftrace_caller"
+
+Progress = Callable[[int, int], None]
+
+
+def resolve_trampoline(result: ScanResult, spec: str | None) -> Trampoline | None:
+    """``--trampoline SYMBOL|ADDRESS``; in a linked image ``ftrace_caller`` by default.
+
+    In a relocatable object the trampoline is an undefined symbol, so it has
+    no address and the range check waits for the linked image.
+    """
+    linked = result.kind != "relocatable"
+    if spec is None:
+        if linked:
+            address = result.symbol_address(DEFAULT_TRAMPOLINE)
+            if address is not None:
+                return Trampoline(DEFAULT_TRAMPOLINE, address)
+        return None
+    try:
+        return Trampoline(None, int(spec, 0))
+    except ValueError:
+        pass
+    if not linked:
+        return Trampoline(spec, None)
+    address = result.symbol_address(spec)
+    if address is None:
+        raise FtpatchError(Location(result.path), f"--trampoline {spec}: no such symbol")
+    return Trampoline(spec, address)
+
+
+def _sample(indexes: list[int], limit: int | None) -> set[int]:
+    if limit is None or limit >= len(indexes):
+        return set(indexes)
+    if limit <= 0:
+        return set()
+    step = len(indexes) / limit
+    return {indexes[int(k * step)] for k in range(limit)}
+
+
+def verify_file(
+    path: str,
+    *,
+    scheme: Scheme = Scheme.SINGLE_SLOT,
+    trampoline: str | None = None,
+    sites: int | None = None,
+    engine: Engine | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Verify every site of ``path``; emulate all of them, or ``sites`` spread evenly."""
+    started = time.perf_counter()
+    with scan_file(path) as result:
+        tramp = resolve_trampoline(result, trampoline)
+        checker = FileChecker(result, scheme, tramp)
+        plans = [checker.check_site(site, i) for i, site in enumerate(result.sites)]
+        chosen = _sample([i for i, p in enumerate(plans) if p.cases], sites)
+        if chosen and engine is None:
+            engine = Engine(CONTRACT_TRAMPOLINE)
+        out: list[SiteResult] = []
+        total = len(plans)
+        for i, (site, plan) in enumerate(zip(result.sites, plans, strict=True)):
+            findings = list(plan.findings)
+            transitions: list[TransitionResult] = []
+            emulated = i in chosen
+            explorations: list[Exploration] = []
+            if emulated:
+                assert engine is not None
+                explorations = [engine.explore(case) for case in plan.cases]
+            for n, (name, stores) in enumerate(zip(plan.names, plan.stores, strict=True)):
+                if emulated:
+                    x = explorations[n]
+                    transitions.append(TransitionResult(name, stores, x.interleavings, x.failing,
+                                                        x.truncated))
+                    findings.extend(_emulation_findings(site.location, i, x))
+                else:
+                    transitions.append(TransitionResult(name, stores))
+            out.append(SiteResult(i, site, plan.entry_address, plan.slot_address,
+                                  tuple(transitions), tuple(findings), emulated))
+            if progress is not None:
+                progress(i + 1, total)
+        notes: list[Finding] = []
+        where = Location(path)
+        if not result.sites:
+            notes.append(Finding(CHECK_COVERAGE, where, "no patch sites (no "
+                                 "__patchable_function_entries records)", Severity.NOTE))
+        skipped = sum(1 for p in plans if not p.cases)
+        if skipped:
+            notes.append(Finding(CHECK_COVERAGE, where, f"{skipped} site(s) could not be "
+                                 "emulated (entry unknown or slot misaligned)", Severity.NOTE))
+        if len(chosen) < total - skipped:
+            notes.append(Finding(CHECK_COVERAGE, where, f"emulated {len(chosen)} of "
+                                 f"{total - skipped} sites (--sites {sites})", Severity.NOTE))
+        linked = result.kind != "relocatable"
+        if linked and tramp is None and result.sites:
+            notes.append(Finding(CHECK_COVERAGE, where, "no trampoline known (give --trampoline "
+                                 f"or define {DEFAULT_TRAMPOLINE}): BL range not checked",
+                                 Severity.NOTE))
+        return VerifyReport(
+            path, result.kind, scheme, tramp, tuple(out), tuple(notes),
+            time.perf_counter() - started, checker.prefix_words, not linked,
+        )
+
+
+def _emulation_findings(location: Location, index: int, x: Exploration) -> list[Finding]:
+    findings = []
+    name = x.case.name
+    if x.failing:
+        example = x.counterexamples[0] if x.counterexamples else None
+        first = example.violations[0] if example and example.violations else "violation"
+        findings.append(Finding(
+            CHECK_EMULATION, location,
+            f"{name}: {x.failing} of {x.interleavings} interleavings break the ftrace_caller "
+            f"contract ({first})", site=index, counterexample=example))
+    if x.truncated:
+        findings.append(Finding(
+            CHECK_EMULATION, location,
+            f"{name}: exploration stopped after {x.interleavings} interleavings "
+            "(a changed word is fetched in a loop?)", site=index))
+    return findings

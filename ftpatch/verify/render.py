@@ -1,0 +1,229 @@
+"""VerifyReport -> text lines, a rich summary table, a JSON-ready dict.
+
+Nothing here prints: ``cli.py`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ftpatch import arm64
+from ftpatch.verify.emulate import Counterexample
+from ftpatch.verify.findings import Finding, SiteResult, VerifyReport
+
+
+class _Labels:
+    """Names for the addresses of a counterexample: caller, function, trampolines."""
+
+    def __init__(self, report: VerifyReport, site: SiteResult | None, ce: Counterexample) -> None:
+        self.regions: list[tuple[int, int, str]] = [(ce.caller, 8, "caller")]
+        tramp_name = (report.trampoline.name if report.trampoline and report.trampoline.name
+                      else "trampoline")
+        names = [tramp_name, "trampoline2"]
+        for n, t in enumerate(ce.case.trampolines):
+            self.regions.append((t, 0x100, names[n] if n < len(names) else f"trampoline{n + 1}"))
+        if site is not None and site.site.function is not None:
+            self.regions.append((ce.case.entry, 0x10000, site.site.function))
+            if ce.case.start < ce.case.entry:
+                self.regions.append((ce.case.start, ce.case.entry - ce.case.start,
+                                     f"{site.site.function}-prefix"))
+
+    def __call__(self, address: int) -> str:
+        for start, size, name in self.regions:
+            if start <= address < start + size:
+                if name.endswith("-prefix"):
+                    return f"{name[:-7]}-{start + size - address:#x}"
+                return f"{name}+{address - start:#x}"
+        return f"{address:#x}"
+
+    def value(self, v: int) -> str:
+        label = self(v)
+        return f"{v:#x}" if label.startswith("0x") else f"{v:#x} ({label})"
+
+
+def _site(report: VerifyReport, finding: Finding) -> SiteResult | None:
+    if finding.site is not None and 0 <= finding.site < len(report.sites):
+        return report.sites[finding.site]
+    return None
+
+
+def trace_lines(report: VerifyReport, finding: Finding) -> list[str]:
+    """A counterexample as a step-by-step trace with disassembly."""
+    ce = finding.counterexample
+    if ce is None:
+        return []
+    site = _site(report, finding)
+    label = _Labels(report, site, ce)
+    case = ce.case
+    lines = [f"    counterexample, {case.name} ({report.scheme.value}): "
+             f"{ce.interleaving.describe(case)}"]
+    lines.append("    the patcher's stores, in program order:")
+    for k, s in enumerate(case.stores):
+        lines.append(f"      [{k + 1}] {label(s.address)}: {arm64.describe(s.old)} -> "
+                     f"{arm64.describe(s.new)}")
+    lines.append(f"    {'step':>4}  {'where':<22} {'word':<8}  {'fetch':<5}  "
+                 f"{'instruction':<28} {'x9':<20} x30")
+    shown: set[int] = set()
+    n = 0
+    for step in ce.steps:
+        if step.store is not None and step.version == "new":
+            for k in range(step.store + 1):
+                if k not in shown:
+                    shown.add(k)
+                    s = case.stores[k]
+                    lines.append(f"          -- patcher: store [{k + 1}] {label(s.address)} "
+                                 f"{arm64.describe(s.new)} takes effect")
+        n += 1
+        fetch = step.version or ""
+        note = ""
+        if step.store is not None and step.version == "old" and step.store in shown:
+            note = "  (stale fetch: nothing orders it after the store)"
+        text = step.text
+        if arm64.is_bl(step.word) or arm64.is_b(step.word):
+            text = f"{text.split()[0]} {label(arm64.bl_target(step.address, step.word))}"
+        lines.append(f"    {n:>4}  {label(step.address):<22} {step.word:08x}  {fetch:<5}  "
+                     f"{text:<28} {step.x9:<#20x} {step.x30:#x}{note}")
+    end = label(ce.end_pc)
+    lines.append(f"    stop at {end}: x30 = {label.value(ce.end_x30)}; the caller's return "
+                 f"address is {label.value(ce.return_address)}")
+    for x9, x30, tramp in ce.log:
+        lines.append(f"    {label(tramp)} ran with x9 = {label.value(x9)}, "
+                     f"x30 = {label.value(x30)}")
+    lines.extend(f"    violation: {v}" for v in ce.violations)
+    return lines
+
+
+def summary_line(report: VerifyReport) -> str:
+    verdict = "ok" if report.ok else "FAIL"
+    return (f"{report.path}: {verdict}: {len(report.sites)} sites ({report.kind}, "
+            f"{report.scheme.value}), {report.emulated} emulated, {report.interleavings} "
+            f"interleavings, {report.violations} violating, {len(report.errors)} findings, "
+            f"{report.seconds:.2f}s")
+
+
+def finding_lines(report: VerifyReport, *, limit: int = 20, traces: int = 1) -> list[str]:
+    """Errors (then notes), at most ``limit``, the first ``traces`` counterexamples traced."""
+    lines: list[str] = []
+    errors = [f for f in report.all_findings if f.is_error]
+    notes = [f for f in report.all_findings if not f.is_error]
+    traced = 0
+    for f in (errors + notes)[:limit]:
+        lines.append(str(f))
+        if f.counterexample is not None and traced < traces:
+            traced += 1
+            lines.extend(trace_lines(report, f))
+    hidden = len(errors) + len(notes) - limit
+    if hidden > 0:
+        lines.append(f"{report.path}: ... and {hidden} more findings (--json lists all)")
+    return lines
+
+
+def totals(reports: Sequence[VerifyReport], seconds: float) -> str:
+    sites = sum(len(r.sites) for r in reports)
+    inter = sum(r.interleavings for r in reports)
+    bad = sum(r.violations for r in reports)
+    findings = sum(len(r.errors) for r in reports)
+    failed = sum(1 for r in reports if not r.ok)
+    rate = f", {sites / seconds:.0f} sites/s" if seconds > 0 else ""
+    return (f"verified {len(reports)} file(s): {sites} sites, {inter} interleavings, "
+            f"{bad} violating, {findings} findings, {failed} file(s) failing, "
+            f"{seconds:.2f}s{rate}")
+
+
+def summary_table(reports: Sequence[VerifyReport]) -> Any:
+    """A rich Table: one row per file."""
+    from rich.table import Table
+
+    table = Table(title="ftpatch verify", title_justify="left")
+    for name, justify in (("file", "left"), ("kind", "left"), ("scheme", "left"),
+                          ("sites", "right"), ("emulated", "right"),
+                          ("interleavings", "right"), ("violating", "right"),
+                          ("findings", "right"), ("time", "right"), ("result", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in reports:
+        table.add_row(r.path, r.kind, r.scheme.value, str(len(r.sites)), str(r.emulated),
+                      str(r.interleavings), str(r.violations), str(len(r.errors)),
+                      f"{r.seconds:.2f}s", "[green]ok[/]" if r.ok else "[red]FAIL[/]")
+    return table
+
+
+# -- JSON ---------------------------------------------------------------------
+
+
+def _counterexample_dict(report: VerifyReport, f: Finding) -> dict[str, Any] | None:
+    ce = f.counterexample
+    if ce is None:
+        return None
+    label = _Labels(report, _site(report, f), ce)
+    return {
+        "transition": ce.case.name,
+        "interleaving": [
+            {"store": i, "address": ce.case.stores[i].address, "fetched": "new" if new else "old"}
+            for i, new in ce.interleaving.fetches
+        ],
+        "stores": [{"address": s.address, "where": label(s.address), "old": f"{s.old:08x}",
+                    "new": f"{s.new:08x}", "old_text": arm64.describe(s.old),
+                    "new_text": arm64.describe(s.new)} for s in ce.case.stores],
+        "steps": [{"address": s.address, "where": label(s.address), "word": f"{s.word:08x}",
+                   "fetched": s.version, "instruction": s.text, "x9": s.x9, "x30": s.x30,
+                   "sp": s.sp} for s in ce.steps],
+        "end": {"pc": ce.end_pc, "x30": ce.end_x30, "return_address": ce.return_address},
+        "trampoline_log": [{"x9": x9, "x30": x30, "trampoline": t} for x9, x30, t in ce.log],
+        "violations": list(ce.violations),
+    }
+
+
+def finding_dict(report: VerifyReport, f: Finding) -> dict[str, Any]:
+    loc = f.location
+    out: dict[str, Any] = {
+        "check": f.check, "severity": f.severity.value, "where": str(loc),
+        "section": loc.section, "offset": loc.offset, "symbol": loc.symbol,
+        "symbol_offset": loc.symbol_offset, "site": f.site, "message": f.message,
+    }
+    ce = _counterexample_dict(report, f)
+    if ce is not None:
+        out["counterexample"] = ce
+    return out
+
+
+def report_dict(report: VerifyReport) -> dict[str, Any]:
+    t = report.trampoline
+    return {
+        "path": report.path,
+        "kind": report.kind,
+        "scheme": report.scheme.value,
+        "ok": report.ok,
+        "trampoline": None if t is None else {"name": t.name, "address": t.address},
+        "cmodx": {"revision": arm64.CMODX_REVISION, "permitted": list(arm64.CMODX_PERMITTED)},
+        "prefix_words": report.prefix_words,
+        "synthetic_addresses": report.synthetic_addresses,
+        "sites": len(report.sites),
+        "emulated": report.emulated,
+        "interleavings": report.interleavings,
+        "violations": report.violations,
+        "seconds": round(report.seconds, 6),
+        "findings": [finding_dict(report, f) for f in report.all_findings],
+        "site_results": [
+            {
+                "index": s.index,
+                "function": s.site.function,
+                "where": str(s.site.location),
+                "state": s.site.state.value,
+                "layout": None if s.site.layout is None else str(s.site.layout),
+                "entry_address": s.entry_address,
+                "slot_address": s.slot_address,
+                "emulated": s.emulated,
+                "interleavings": s.interleavings,
+                "ok": s.ok,
+                "transitions": [
+                    {"name": t.name, "interleavings": t.interleavings, "failing": t.failing,
+                     "truncated": t.truncated,
+                     "stores": [{"address": st.address, "old": f"{st.old:08x}",
+                                 "new": f"{st.new:08x}"} for st in t.stores]}
+                    for t in s.transitions
+                ],
+            }
+            for s in report.sites
+        ],
+    }

@@ -1,0 +1,470 @@
+"""Static checks of patch sites, and the runtime transitions the emulation replays.
+
+Per site: the layout ``[prefix NOPs] [BTI C] MOV X9,X30 ; NOP`` with the
+record on the NOP (the BL slot); the slot 4-byte aligned and, under the 4,2
+layout, the 8-byte ops literal before the symbol 8-byte aligned (Linux
+CALL_OPS selects FUNCTION_ALIGNMENT_8B); no relocation rewriting the MOV or
+the slot, and none but the site's own record pointing at the slot; every
+runtime transition changing exactly one aligned word with both words in the
+permitted set of ARM DDI 0487 B2.2.5 (``arm64.CMODX_PERMITTED``); in a linked
+image, the BL from the slot reaching the trampoline (+-128 MiB).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ftpatch import arm64
+from ftpatch.elf.reader import SHT_RELA, ElfFile, Section
+from ftpatch.elf.records import RECORDS_SECTION
+from ftpatch.model import Location, Site, State
+from ftpatch.scan import ScanResult
+from ftpatch.verify.emulate import Case, Store
+from ftpatch.verify.findings import (
+    CHECK_CMODX_PAIR,
+    CHECK_CMODX_WORDS,
+    CHECK_COVERAGE,
+    CHECK_MOV,
+    CHECK_PREFIX_ALIGN,
+    CHECK_RANGE,
+    CHECK_RECORD,
+    CHECK_RECORD_ON_MOV,
+    CHECK_RELOCATION,
+    CHECK_SCAN,
+    CHECK_SLOT_ALIGN,
+    CHECK_SLOT_WORD,
+    Finding,
+    Scheme,
+    Severity,
+    Trampoline,
+)
+
+# Relocatable objects have no addresses: the emulation places every code
+# section at this base (same page offsets, so alignment is what the file says).
+SYNTHETIC_BASE = 0x4000_0000
+MAX_PREFIX_SCAN = 4  # words looked at before a function symbol
+
+_RELOC_NAMES = {
+    257: "R_AARCH64_ABS64", 258: "R_AARCH64_ABS32", 260: "R_AARCH64_PREL64",
+    261: "R_AARCH64_PREL32", 275: "R_AARCH64_ADR_PREL_PG_HI21",
+    277: "R_AARCH64_ADD_ABS_LO12_NC", 282: "R_AARCH64_JUMP26", 283: "R_AARCH64_CALL26",
+    1027: "R_AARCH64_RELATIVE",
+}
+
+
+def _reloc_size(r_type: int) -> int:
+    """Bytes a relocation writes (AAELF64 5.7): 8 for the 64-bit data ones, else 4."""
+    return 8 if r_type in (257, 260, 1024, 1025, 1026, 1027, 1028, 1030, 1031) else 4
+
+
+def reloc_name(r_type: int) -> str:
+    return _RELOC_NAMES.get(r_type, f"relocation type {r_type}")
+
+
+def _describe(word: int, address: int, names: dict[int, str]) -> str:
+    """Like ``arm64.describe``, naming a BL's target (``bl trampoline (94000123)``)."""
+    if arm64.is_bl(word):
+        target = arm64.bl_target(address, word)
+        return f"bl {names.get(target, hex(target))} ({word:08x})"
+    return arm64.describe(word)
+
+
+def _permitted() -> str:
+    return f"{arm64.CMODX_REVISION}: {', '.join(arm64.CMODX_PERMITTED)}"
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A relocation whose S + A lands in a code section."""
+
+    where: str  # e.g. ".rela.text entry 3" or "__patchable_function_entries[2]"
+    r_type: int
+    value_file_offset: int  # of its r_addend, to tell a site's own record apart
+    is_record: bool
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One runtime transition: the words before and after, and the stores between."""
+
+    name: str
+    before: dict[int, int]  # offset in the section -> word
+    stores: tuple[tuple[int, int, int], ...]  # (offset, old, new) in the patcher's order
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """What the static pass hands the emulation for one site."""
+
+    findings: tuple[Finding, ...]
+    cases: tuple[Case, ...]
+    entry_address: int | None
+    slot_address: int | None
+    stores: tuple[tuple[Store, ...], ...]  # per transition, even when not emulable
+    names: tuple[str, ...]
+
+
+class FileChecker:
+    """Static checks over one scanned file."""
+
+    def __init__(self, result: ScanResult, scheme: Scheme, trampoline: Trampoline | None) -> None:
+        self.result = result
+        self.elf: ElfFile = result.elf
+        self.path = result.path
+        self.scheme = scheme
+        self.trampoline = trampoline
+        self.linked = result.kind != "relocatable"
+        self._code = sorted((s for s in self.elf.sections if s.is_code), key=lambda s: s.sh_offset)
+        self._code_starts = [s.sh_offset for s in self._code]
+        self._applied: dict[int, dict[int, tuple[str, int]]] | None = None
+        self._targets: dict[tuple[int, int], list[_Ref]] | None = None
+        self._tramp_names: dict[int, str] = {}
+        self.prefix_words = self._infer_prefix()
+
+    # -- reading -------------------------------------------------------------
+
+    def section_of(self, file_offset: int) -> Section | None:
+        i = bisect_right(self._code_starts, file_offset) - 1
+        if i >= 0:
+            s = self._code[i]
+            if file_offset < s.sh_offset + s.sh_size:
+                return s
+        return None
+
+    def word(self, sec: Section, offset: int) -> int | None:
+        if 0 <= offset <= sec.sh_size - 4:
+            return arm64.read_word(self.elf.data, sec.sh_offset + offset)
+        return None
+
+    def address(self, sec: Section, offset: int) -> int:
+        """Emulation address: virtual in a linked image, synthetic in an object."""
+        return (sec.sh_addr if self.linked else SYNTHETIC_BASE) + offset
+
+    def site_section(self, site: Site) -> Section | None:
+        rec = site.record
+        if site.slot_file_offset is not None and site.slot_offset is not None:
+            sec = self.section_of(site.slot_file_offset)
+            if sec is not None:
+                return sec
+        named = [s for s in self.elf.sections if s.name == rec.target_section and s.is_code]
+        for s in named:
+            if 0 <= rec.target_offset < s.sh_size:
+                return s
+        return named[0] if named else None
+
+    @staticmethod
+    def function_offset(site: Site) -> int | None:
+        loc = site.location
+        if site.function is None or loc.offset is None or loc.symbol_offset is None:
+            return None
+        return loc.offset - loc.symbol_offset
+
+    def _locate(self, site: Site, sec: Section, offset: int) -> Location:
+        f = self.function_offset(site)
+        if f is not None and site.function is not None:
+            return Location(self.path, sec.name, offset, site.function, offset - f)
+        return Location(self.path, sec.name, offset)
+
+    def _infer_prefix(self) -> int:
+        """NOP words before each function symbol: 2 under -fpatchable-function-entry=4,2.
+
+        A rewritten record no longer says (it points at the slot), so the
+        file's prefix is the least number of NOPs found before any of its
+        entries; pristine sites say it outright.
+        """
+        least: int | None = None
+        for site in self.result.sites:
+            if site.layout is not None and site.layout.prefix_nops is not None:
+                n = site.layout.prefix_nops
+            else:
+                f = self.function_offset(site)
+                sec = self.site_section(site)
+                if f is None or sec is None or site.state is State.INVALID:
+                    continue
+                n = 0
+                while n < MAX_PREFIX_SCAN and self.word(sec, f - 4 * (n + 1)) == arm64.NOP:
+                    n += 1
+            least = n if least is None else min(least, n)
+            if least == 0:
+                break
+        return least or 0
+
+    # -- relocations -------------------------------------------------------------
+
+    def _index_relocations(self) -> None:
+        applied: dict[int, dict[int, tuple[str, int]]] = {}
+        targets: dict[tuple[int, int], list[_Ref]] = {}
+        elf = self.elf
+        for rela in elf.sections:
+            if rela.sh_type != SHT_RELA or rela.sh_entsize != 24:
+                continue
+            applies_to = (elf.sections[rela.sh_info]
+                          if 0 < rela.sh_info < len(elf.sections) else None)
+            is_record = applies_to is not None and (
+                applies_to.name == RECORDS_SECTION
+                or applies_to.name.startswith(RECORDS_SECTION + ".")
+            )
+            for n, r in enumerate(elf.iter_rela(rela)):
+                if self.linked:
+                    # Dynamic relocations: r_offset is an address.
+                    applied.setdefault(-1, {})[r.r_offset] = (f"{rela.name} entry {n}", r.r_type)
+                    continue
+                if applies_to is not None and applies_to.is_code:
+                    applied.setdefault(applies_to.index, {})[r.r_offset] = (
+                        f"{rela.name} entry {n}", r.r_type)
+                if not 0 < r.r_sym < elf.symbol_count:
+                    continue
+                shndx = elf.symbol_shndx(r.r_sym)
+                if not 0 < shndx < len(elf.sections) or not elf.sections[shndx].is_code:
+                    continue
+                where = (f"{applies_to.name}[{r.r_offset // 8}]" if is_record and applies_to
+                         else f"{rela.name} entry {n}")
+                target = elf.symbol_value(r.r_sym) + r.r_addend
+                targets.setdefault((shndx, target), []).append(
+                    _Ref(where, r.r_type, r.file_offset + 16, is_record))
+        self._applied, self._targets = applied, targets
+
+    def _relocation_findings(self, site: Site, index: int, sec: Section,
+                             mov: int | None, slot: int) -> Iterator[Finding]:
+        if self._applied is None or self._targets is None:
+            self._index_relocations()
+        assert self._applied is not None and self._targets is not None
+        words = [("BL slot", slot)] + ([("mov x9, x30", mov)] if mov is not None else [])
+        applied = self._applied.get(-1 if self.linked else sec.index, {})
+        for what, off in words:
+            key_base = self.address(sec, off) if self.linked else off
+            for k in range(key_base - 7, key_base + 4):
+                hit = applied.get(k)
+                if hit is not None and k + _reloc_size(hit[1]) > key_base:
+                    yield Finding(CHECK_RELOCATION, self._locate(site, sec, off),
+                                  f"{reloc_name(hit[1])} ({hit[0]}) rewrites the {what} at link "
+                                  "time", site=index)
+        if self.linked:
+            return
+        own = site.record.value_file_offset
+        for ref in self._targets.get((sec.index, slot), []):
+            if ref.value_file_offset != own:
+                what = "a second record" if ref.is_record else "code"
+                yield Finding(CHECK_RELOCATION, self._locate(site, sec, slot),
+                              f"{what} ({ref.where}, {reloc_name(ref.r_type)}) points at the BL "
+                              "slot: it would enter the function past the mov x9, x30",
+                              site=index)
+        if mov is not None:
+            for ref in self._targets.get((sec.index, mov), []):
+                if ref.is_record and ref.value_file_offset != own:
+                    yield Finding(CHECK_RELOCATION, self._locate(site, sec, mov),
+                                  f"a second record ({ref.where}) points at the mov x9, x30: the "
+                                  "runtime would patch it", site=index)
+
+    # -- one site ------------------------------------------------------------------
+
+    def check_site(self, site: Site, index: int) -> SitePlan:
+        sec = self.site_section(site)
+        if sec is None:
+            finding = Finding(CHECK_SCAN, site.location, site.reason or "no code section",
+                              site=index)
+            return SitePlan((finding,), (), None, None, (), ())
+        if site.state.value == "discarded":  # a record of a function the linker dropped
+            note = Finding(CHECK_COVERAGE, site.location, site.reason or "discarded record",
+                           Severity.NOTE, site=index)
+            return SitePlan((note,), (), None, None, (), ())
+        findings: list[Finding] = []
+        r = site.record.target_offset
+        f = self.function_offset(site)
+        findings.extend(self._layout_findings(site, index, sec, r))
+        if r % 4:
+            return SitePlan(tuple(findings), (), None, None, (), ())
+        if self.scheme is Scheme.SINGLE_SLOT:
+            patched = r  # the kernel patches the word its record names, unchanged
+            slot = site.slot_offset if site.slot_offset is not None else r
+            mov: int | None = slot - 4
+        else:
+            if site.mov_offset is None or site.slot_offset is None:
+                return SitePlan(tuple(findings), (), None, None, (), ())
+            patched, slot, mov = site.slot_offset, site.slot_offset, site.mov_offset
+        findings.extend(self._alignment_findings(site, index, sec, f, patched))
+        findings.extend(self._relocation_findings(site, index, sec, mov, slot))
+
+        slot_address = self.address(sec, patched)
+        known = self.trampoline
+        if self.linked and known is not None and known.address is not None:
+            distance = known.address - slot_address
+            if not -arm64.BL_RANGE <= distance < arm64.BL_RANGE or distance % 4:
+                findings.append(Finding(
+                    CHECK_RANGE, self._locate(site, sec, patched),
+                    f"bl from the slot at {slot_address:#x} cannot reach {known} "
+                    f"(distance {distance:+#x}, range +-128 MiB): needs a PLT or veneer",
+                    site=index))
+        t1, t2 = self._trampolines(slot_address)
+        first = (known.name if known is not None and known.name and known.address == t1
+                 else "trampoline")
+        self._tramp_names = {t1: first, t2: "trampoline2"}
+        transitions = self._transitions(sec, patched, mov, t1, t2)
+        for t in transitions:
+            findings.extend(self._cmodx_findings(site, index, sec, t))
+
+        entry = f if f is not None else (mov if mov is not None else None)
+        stores = tuple(tuple(Store(self.address(sec, o), old, new) for o, old, new in t.stores)
+                       for t in transitions)
+        names = tuple(t.name for t in transitions)
+        if entry is None or entry < 0:
+            return SitePlan(tuple(findings), (), None, slot_address, stores, names)
+        start = min(entry, patched)
+        body = max(slot, patched) + 4
+        if self.word(sec, body - 4) is None or start < 0:
+            return SitePlan(tuple(findings), (), None, slot_address, stores, names)
+        file_words = [self.word(sec, o) for o in range(start, body, 4)]
+        cases = []
+        for t, t_stores in zip(transitions, stores, strict=True):
+            words = tuple(t.before.get(start + 4 * i, w or 0) for i, w in enumerate(file_words))
+            cases.append(Case(self.address(sec, start), words, self.address(sec, entry),
+                              t_stores, (t1, t2), t.name))
+        return SitePlan(tuple(findings), tuple(cases), self.address(sec, entry), slot_address,
+                        stores, names)
+
+    def _layout_findings(self, site: Site, index: int, sec: Section, r: int) -> Iterator[Finding]:
+        """The layout ``[prefix] [BTI C] MOV X9,X30 ; NOP`` with the record on the NOP."""
+        if r % 4:
+            yield Finding(CHECK_SLOT_ALIGN, self._locate(site, sec, r),
+                          f"record points at {sec.name}+{r:#x}, which is not 4-byte aligned: "
+                          "the BL slot must be one aligned 32-bit word", site=index)
+            return
+        if site.state is State.REWRITTEN:
+            return
+        if self.scheme is Scheme.TWO_SLOT and site.state is State.PRISTINE:
+            return  # the runtime of this scheme writes the MOV itself
+        w = self.word(sec, r)
+        before = self.word(sec, r - 4)
+        after = self.word(sec, r + 4)
+        mov_at, slot_at = site.mov_offset, site.slot_offset
+        if site.state is State.PRISTINE:
+            yield Finding(CHECK_MOV, self._locate(site, sec, mov_at if mov_at is not None else r),
+                          "site is not rewritten: no mov x9, x30 before the BL slot, so the "
+                          "runtime would have to write it (nop -> mov x9, x30 is outside the "
+                          f"permitted set, {arm64.CMODX_REVISION})", site=index)
+            return
+        if w == arm64.MOV_X9_X30 and after == arm64.NOP:
+            yield Finding(CHECK_RECORD_ON_MOV, self._locate(site, sec, r),
+                          f"record points at the mov x9, x30, not at the BL slot "
+                          f"{sec.name}+{r + 4:#x}: the runtime would overwrite the mov", site=index)
+            return
+        if (slot_at is not None and r == slot_at) or (slot_at is None and w == arm64.NOP):
+            problems = 0
+            if before != arm64.MOV_X9_X30:
+                problems += 1
+                got = arm64.describe(before) if before is not None else "nothing"
+                yield Finding(CHECK_MOV, self._locate(site, sec, r - 4),
+                              f"expected mov x9, x30 (aa1e03e9) before the BL slot, found {got}",
+                              site=index)
+            if w != arm64.NOP:
+                problems += 1
+                got = arm64.describe(w) if w is not None else "nothing"
+                yield Finding(CHECK_SLOT_WORD, self._locate(site, sec, r),
+                              f"BL slot holds {got}, expected nop (d503201f)", site=index)
+            if problems:
+                return
+        if w is not None and w != arm64.NOP and before == arm64.MOV_X9_X30:
+            yield Finding(CHECK_SLOT_WORD, self._locate(site, sec, r),
+                          f"BL slot holds {arm64.describe(w)}, expected nop (d503201f)",
+                          site=index)
+            return
+        if mov_at is not None and r < mov_at:
+            yield Finding(CHECK_RECORD, self._locate(site, sec, r),
+                          f"record points before the entry ({site.reason or 'prefix'})",
+                          site=index)
+            return
+        yield Finding(CHECK_SCAN, site.location, site.reason or "invalid site", site=index)
+
+    def _alignment_findings(self, site: Site, index: int, sec: Section, f: int | None,
+                            patched: int) -> Iterator[Finding]:
+        if not self.linked and sec.sh_addralign < 4:
+            yield Finding(CHECK_SLOT_ALIGN, self._locate(site, sec, patched),
+                          f"{sec.name} has sh_addralign {sec.sh_addralign}: the linker may "
+                          "place the BL slot off a 4-byte boundary", site=index)
+        if self.linked and self.address(sec, patched) % 4:
+            yield Finding(CHECK_SLOT_ALIGN, self._locate(site, sec, patched),
+                          f"BL slot at {self.address(sec, patched):#x} is not 4-byte aligned",
+                          site=index)
+        prefix = self.prefix_words
+        if site.layout is not None and site.layout.prefix_nops is not None:
+            prefix = site.layout.prefix_nops
+        if prefix >= 2 and f is not None:
+            literal = f - 8
+            where = self.address(sec, literal) if self.linked else literal
+            if where % 8:
+                yield Finding(CHECK_PREFIX_ALIGN, self._locate(site, sec, literal),
+                              f"the 8-byte ops literal before {site.function} is at "
+                              f"{where:#x}, not 8-byte aligned (the kernel's CALL_OPS needs it; "
+                              "compile with -falign-functions=8)", site=index)
+            elif not self.linked and sec.sh_addralign < 8:
+                yield Finding(CHECK_PREFIX_ALIGN, self._locate(site, sec, literal),
+                              f"{sec.name} has sh_addralign {sec.sh_addralign} < 8: the ops "
+                              f"literal before {site.function} may end up misaligned",
+                              site=index)
+
+    def _trampolines(self, slot_address: int) -> tuple[int, int]:
+        """Trampoline addresses for the emulation: the real one when reachable."""
+        t = self.trampoline
+        if self.linked and t is not None and t.address is not None and t.address % 4 == 0:
+            real = t.address
+            if -arm64.BL_RANGE <= real - slot_address < arm64.BL_RANGE:
+                for second in (real + 0x1000, real - 0x1000):
+                    if -arm64.BL_RANGE <= second - slot_address < arm64.BL_RANGE and (
+                        abs(second - slot_address) > 0x2000
+                    ):
+                        return real, second
+        block = slot_address & ~0xFFFFF
+        t1 = block - 0x100000 if block >= 0x200000 else block + 0x200000
+        return t1, t1 + 0x1000
+
+    def _transitions(self, sec: Section, patched: int, mov: int | None,
+                     t1: int, t2: int) -> tuple[Transition, ...]:
+        bl1 = arm64.encode_bl(self.address(sec, patched), t1)
+        bl2 = arm64.encode_bl(self.address(sec, patched), t2)
+        w_slot = self.word(sec, patched)
+        assert w_slot is not None
+        if self.scheme is Scheme.SINGLE_SLOT:
+            return (
+                Transition("enable", {}, ((patched, w_slot, bl1),)),
+                Transition("disable", {patched: bl1}, ((patched, bl1, w_slot),)),
+                Transition("retarget", {patched: bl1}, ((patched, bl1, bl2),)),
+            )
+        assert mov is not None
+        w_mov = self.word(sec, mov)
+        assert w_mov is not None
+
+        def changed(*stores: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...]:
+            return tuple(s for s in stores if s[1] != s[2])
+
+        enabled = {mov: arm64.MOV_X9_X30, patched: bl1}
+        return (
+            Transition("enable", {}, changed((mov, w_mov, arm64.MOV_X9_X30),
+                                             (patched, w_slot, bl1))),
+            Transition("disable", enabled, changed((patched, bl1, w_slot),
+                                                   (mov, arm64.MOV_X9_X30, w_mov))),
+            Transition("retarget", enabled, changed((patched, bl1, bl2))),
+        )
+
+    def _word(self, sec: Section, offset: int, word: int) -> str:
+        return _describe(word, self.address(sec, offset), self._tramp_names)
+
+    def _cmodx_findings(self, site: Site, index: int, sec: Section,
+                        t: Transition) -> Iterator[Finding]:
+        if len(t.stores) > 1:
+            words = "; ".join(
+                f"{sec.name}+{o:#x} {self._word(sec, o, old)} -> {self._word(sec, o, new)}"
+                for o, old, new in t.stores
+            )
+            yield Finding(CHECK_CMODX_WORDS, self._locate(site, sec, t.stores[0][0]),
+                          f"{t.name} changes {len(t.stores)} words ({words}): nothing orders "
+                          "another CPU's fetches of different words", site=index)
+        for o, old, new in t.stores:
+            if not arm64.cmodx_permitted(old, new):
+                outside = [arm64.describe(w) for w in (old, new) if arm64.cmodx_class(w) is None]
+                yield Finding(CHECK_CMODX_PAIR, self._locate(site, sec, o),
+                              f"{t.name}: {self._word(sec, o, old)} -> {self._word(sec, o, new)} "
+                              "is not "
+                              f"a permitted concurrent modification ({', '.join(outside)} "
+                              f"outside the set of {_permitted()})", site=index)
