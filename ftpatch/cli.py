@@ -118,6 +118,8 @@ def scan(files: FilesArg, records: RecordsOpt = "auto", json_: JsonOpt = False) 
             _err(str(exc))
             docs.append({"path": path, "error": str(exc)})
             status = max(status, exc.exit_status)
+        except BrokenPipeError:
+            raise
         except Exception as exc:
             _err(_internal(path, exc))
             docs.append({"path": path, "error": _internal(path, exc)})
@@ -328,4 +330,7 @@ def main() -> None:
         _err("ftpatch: interrupted")
         sys.exit(130)
     except BrokenPipeError:
+        # `ftpatch scan big.o | head`: stop quietly, as cat does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         sys.exit(EXIT_ERROR)

@@ -1,0 +1,127 @@
+"""Rewrite speed and memory, for the issue notes (never a timed test).
+
+Needs the inputs of benchmarks/generate.py.  Reports:
+- wall time and peak RSS of ``ftpatch rewrite big.o`` (30,000+ records, ld -r),
+  beside ``cp big.o`` (the floor of any rewrite);
+- wall time of ``ftpatch rewrite one.o`` beside ``python3 -c pass`` and
+  ``python3 -c 'import typer'`` (the floor of any typer CLI);
+- files per second over the batch of small objects with -j 1 and -j 2.
+Each figure is the median of REPEAT runs on fresh copies.
+
+Usage: python3 benchmarks/bench_rewrite.py [BENCHDIR] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPEAT = int(os.environ.get("BENCH_REPEAT", "7"))
+FTPATCH = [sys.executable, "-m", "ftpatch"]
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS in KiB) of one run of ``cmd``."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0,):
+        raise SystemExit(f"{cmd}: exit {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return wall, usage.ru_maxrss
+
+
+def median_run(make_cmd, repeat: int = REPEAT) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    walls, rss = [], []
+    for _ in range(repeat):
+        w, m = timed(make_cmd())
+        walls.append(w)
+        rss.append(m)
+    return statistics.median(walls), max(rss)
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    bench = Path(args[0] if args else "/var/tmp/ftpatch-bench")
+    big, one, small = bench / "big.o", bench / "one.o", bench / "small"
+    work = Path(tempfile.mkdtemp(prefix="ftpatch-bench-", dir=bench))
+    try:
+        records = json.loads(
+            subprocess.run([*FTPATCH, "scan", "--json", str(big)], capture_output=True,
+                           text=True, check=True).stdout
+        )["files"][0]["counts"]["pristine"]
+        n = 0
+
+        def fresh(src: Path) -> str:
+            nonlocal n
+            n += 1
+            dst = work / f"{n}-{src.name}"
+            shutil.copyfile(src, dst)
+            return str(dst)
+
+        big_wall, big_rss = median_run(lambda: [*FTPATCH, "rewrite", "-q", fresh(big)])
+        cp_wall, _ = median_run(lambda: ["cp", str(big), str(work / "cp.o")])
+        small_wall, _ = median_run(lambda: [*FTPATCH, "rewrite", "-q", fresh(one)])
+        pass_wall, _ = median_run(lambda: [sys.executable, "-c", "pass"])
+        typer_wall, _ = median_run(lambda: [sys.executable, "-c", "import typer"])
+        batch = sorted(small.glob("*.o"))
+        rates = {}
+        for jobs in (1, 2):
+            walls = []
+            for _ in range(3):
+                d = work / f"batch-j{jobs}"
+                if d.exists():
+                    shutil.rmtree(d)
+                shutil.copytree(small, d)
+                w, _ = timed([*FTPATCH, "rewrite", "-q", "-j", str(jobs), "-r", str(d)])
+                walls.append(w)
+            rates[jobs] = len(batch) / statistics.median(walls)
+        size = big.stat().st_size
+        small_records = json.loads(
+            subprocess.run([*FTPATCH, "scan", "--json", str(one)], capture_output=True,
+                           text=True, check=True).stdout
+        )["files"][0]["counts"]["pristine"]
+        per_record_us = (big_wall - small_wall) / (records - small_records) * 1e6
+        result = {
+            "big_records": records,
+            "big_bytes": size,
+            "big_rewrite_s": round(big_wall, 4),
+            "big_peak_rss_mib": round(big_rss / 1024, 1),
+            "big_peak_rss_over_file_size": round(big_rss * 1024 / size, 2),
+            "cp_big_s": round(cp_wall, 4),
+            "per_record_us": round(per_record_us, 2),
+            "small_rewrite_s": round(small_wall, 4),
+            "python_pass_s": round(pass_wall, 4),
+            "python_import_typer_s": round(typer_wall, 4),
+            "small_over_typer": round(small_wall / typer_wall, 3),
+            "batch_files": len(batch),
+            "batch_files_per_s_j1": round(rates[1], 1),
+            "batch_files_per_s_j2": round(rates[2], 1),
+        }
+        targets = {
+            "big_rewrite_s <= 0.5": result["big_rewrite_s"] <= 0.5,
+            "per_record_us <= 5": result["per_record_us"] <= 5,
+            "small_over_typer <= 1.3": result["small_over_typer"] <= 1.3,
+            "big_peak_rss_over_file_size <= 3": result["big_peak_rss_over_file_size"] <= 3,
+        }
+        if "--json" in sys.argv:
+            print(json.dumps({"result": result, "targets": targets}, indent=2))
+        else:
+            for k, v in result.items():
+                print(f"{k:32} {v}")
+            for k, ok in targets.items():
+                print(f"target {k:35} {'met' if ok else 'MISSED'}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
