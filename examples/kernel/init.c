@@ -1,0 +1,327 @@
+/*
+ * Static /init for the ftpatch kernel end-to-end test (scripts/kernel-e2e.sh).
+ *
+ * Build: aarch64-linux-gnu-gcc -static -O2 -Wall -o init init.c
+ *
+ * It exercises exactly what a build-time rewrite of the patch sites must keep
+ * working: ftrace turning every site's BL slot on and off while other CPUs
+ * execute the patched functions.  Busy workers run system calls (so they keep
+ * entering traced kernel functions) on every other CPU while this process
+ * switches the function tracer on and off many times and the function_graph
+ * tracer a few times, then checks that traced functions really appear in the
+ * trace buffer.
+ *
+ * Kernel command-line knobs (read from /proc/cmdline):
+ *   ftpatch.switches=N   function tracer on/off cycles (default 30)
+ *   ftpatch.graph=N      function_graph on/off cycles (default 3)
+ *
+ * The last line it prints is one of
+ *   FTPATCH-E2E: PASS ...
+ *   FTPATCH-E2E: FAIL <reason>
+ * and then it powers the machine off (qemu runs with -no-reboot).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TRACEFS "/sys/kernel/tracing"
+#define MAX_WORKERS 16
+
+static pid_t workers[MAX_WORKERS];
+static int nworkers;
+
+static void say(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	printf("ftpatch-init: ");
+	vprintf(fmt, ap);
+	printf("\n");
+	va_end(ap);
+	fflush(stdout);
+}
+
+static void stop_workers(void)
+{
+	for (int i = 0; i < nworkers; i++)
+		kill(workers[i], SIGKILL);
+	for (int i = 0; i < nworkers; i++)
+		waitpid(workers[i], NULL, 0);
+	nworkers = 0;
+}
+
+static void power_off(void)
+{
+	fflush(stdout);
+	sync();
+	reboot(RB_POWER_OFF);
+	/* Not reached; if it is, qemu's timeout ends the run. */
+	for (;;)
+		pause();
+}
+
+static void fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	stop_workers();
+	va_start(ap, fmt);
+	printf("FTPATCH-E2E: FAIL ");
+	vprintf(fmt, ap);
+	printf("\n");
+	va_end(ap);
+	power_off();
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+/* Write a tracefs control file; report the failing write exactly. */
+static void tracefs_write(const char *name, const char *value)
+{
+	char path[128];
+	int fd;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), TRACEFS "/%s", name);
+	fd = open(path, O_WRONLY | O_TRUNC);
+	if (fd < 0)
+		fail("open %s: %s", path, strerror(errno));
+	n = write(fd, value, strlen(value));
+	if (n != (ssize_t)strlen(value))
+		fail("write '%s' to %s: %s", value, path,
+		     n < 0 ? strerror(errno) : "short write");
+	close(fd);
+}
+
+/* Read a whole (small or large) file; the caller frees the buffer. */
+static char *read_file(const char *path, size_t *len_out)
+{
+	size_t cap = 1 << 16, len = 0;
+	char *buf = malloc(cap);
+	int fd = open(path, O_RDONLY);
+
+	if (fd < 0 || !buf)
+		fail("open %s: %s", path, strerror(errno));
+	for (;;) {
+		ssize_t n;
+
+		if (len + 4096 > cap) {
+			cap *= 2;
+			buf = realloc(buf, cap);
+			if (!buf)
+				fail("out of memory reading %s", path);
+		}
+		n = read(fd, buf + len, cap - len - 1);
+		if (n < 0)
+			fail("read %s: %s", path, strerror(errno));
+		if (n == 0)
+			break;
+		len += n;
+	}
+	close(fd);
+	buf[len] = '\0';
+	if (len_out)
+		*len_out = len;
+	return buf;
+}
+
+static long cmdline_knob(const char *cmdline, const char *key, long dflt)
+{
+	const char *p = strstr(cmdline, key);
+
+	return p ? strtol(p + strlen(key), NULL, 10) : dflt;
+}
+
+/*
+ * A worker enters the kernel as often as it can: getppid, a /proc read and
+ * an occasional yield, so traced functions run on its CPU while the BL slots
+ * are rewritten under it.
+ */
+static void worker(int cpu)
+{
+	cpu_set_t set;
+	char buf[256];
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+	for (unsigned long i = 0;; i++) {
+		syscall(SYS_getppid);
+		if ((i & 63) == 0) {
+			int fd = open("/proc/self/stat", O_RDONLY);
+
+			if (fd >= 0) {
+				if (read(fd, buf, sizeof(buf)) < 0)
+					_exit(2);
+				close(fd);
+			}
+			sched_yield();
+		}
+	}
+}
+
+static void start_workers(void)
+{
+	long ncpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	/* This process stays on CPU 0; one worker per other CPU. */
+	for (long cpu = 1; cpu < ncpus && nworkers < MAX_WORKERS; cpu++) {
+		pid_t pid = fork();
+
+		if (pid < 0)
+			fail("fork: %s", strerror(errno));
+		if (pid == 0)
+			worker((int)cpu);
+		workers[nworkers++] = pid;
+	}
+	say("%ld CPUs online, %d busy workers started", ncpus, nworkers);
+}
+
+static int count_lines_with(const char *text, const char *needle)
+{
+	int n = 0;
+
+	for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	return n;
+}
+
+/*
+ * Record a short burst with @tracer on, stop recording, then read the
+ * buffer in full (reading a live buffer under load may never finish).
+ */
+static char *record_burst(const char *tracer, size_t *len)
+{
+	tracefs_write("tracing_on", "0");
+	tracefs_write("trace", "");  /* O_TRUNC clears the buffer */
+	tracefs_write("current_tracer", tracer);
+	tracefs_write("tracing_on", "1");
+	sleep_ms(200);
+	tracefs_write("tracing_on", "0");
+	return read_file(TRACEFS "/trace", len);
+}
+
+static void check_function_trace(void)
+{
+	size_t len;
+	char *trace = record_burst("function", &len);
+	int calls = count_lines_with(trace, " <-");
+	int worker_calls = count_lines_with(trace, "sys_getppid <-");
+
+	tracefs_write("current_tracer", "nop");
+	say("function trace: %zu bytes, %d calls, %d of them sys_getppid",
+	    len, calls, worker_calls);
+	if (calls < 100 || worker_calls < 1) {
+		printf("%.2000s\n", trace);
+		fail("function tracer recorded %d calls (%d sys_getppid), "
+		     "expected >= 100 and >= 1", calls, worker_calls);
+	}
+	free(trace);
+}
+
+static void check_graph_trace(void)
+{
+	size_t len;
+	char *trace = record_burst("function_graph", &len);
+	int entries = count_lines_with(trace, "() {");
+	/* "name() {" opens a nested call, "name();" is a leaf. */
+	int worker_calls = count_lines_with(trace, "sys_getppid()");
+
+	tracefs_write("current_tracer", "nop");
+	say("function_graph trace: %zu bytes, %d nested entries, "
+	    "%d of them sys_getppid", len, entries, worker_calls);
+	if (entries < 10 || worker_calls < 1) {
+		printf("%.2000s\n", trace);
+		fail("function_graph recorded %d entries (%d sys_getppid), "
+		     "expected >= 10 and >= 1", entries, worker_calls);
+	}
+	free(trace);
+}
+
+int main(void)
+{
+	char *cmdline, *info;
+	long switches, graph;
+	double t0, t;
+
+	mkdir("/proc", 0555);
+	mkdir("/sys", 0555);
+	mkdir("/dev", 0755);
+	if (mount("proc", "/proc", "proc", 0, NULL))
+		fail("mount proc: %s", strerror(errno));
+	if (mount("sysfs", "/sys", "sysfs", 0, NULL))
+		fail("mount sysfs: %s", strerror(errno));
+	if (mount("devtmpfs", "/dev", "devtmpfs", 0, NULL) && errno != EBUSY)
+		fail("mount devtmpfs: %s", strerror(errno));
+	if (mount("tracefs", TRACEFS, "tracefs", 0, NULL))
+		fail("mount tracefs: %s", strerror(errno));
+
+	cmdline = read_file("/proc/cmdline", NULL);
+	switches = cmdline_knob(cmdline, "ftpatch.switches=", 30);
+	graph = cmdline_knob(cmdline, "ftpatch.graph=", 3);
+
+	info = read_file(TRACEFS "/dyn_ftrace_total_info", NULL);
+	say("dyn_ftrace_total_info: %s", strtok(info, "\n") ?: "");
+	free(info);
+
+	/* Small buffers keep reading `trace` quick under emulation. */
+	tracefs_write("buffer_size_kb", "256");
+	start_workers();
+
+	t0 = now();
+	for (long i = 0; i < switches; i++) {
+		tracefs_write("current_tracer", "function");
+		sleep_ms(50);
+		tracefs_write("current_tracer", "nop");
+	}
+	t = now() - t0;
+	say("function tracer switched on and off %ld times in %.1f s "
+	    "(%.2f s per cycle)", switches, t, switches ? t / switches : 0.0);
+
+	t0 = now();
+	for (long i = 0; i < graph; i++) {
+		tracefs_write("current_tracer", "function_graph");
+		sleep_ms(50);
+		tracefs_write("current_tracer", "nop");
+	}
+	t = now() - t0;
+	say("function_graph tracer switched on and off %ld times in %.1f s",
+	    graph, t);
+
+	check_function_trace();
+	check_graph_trace();
+
+	stop_workers();
+	printf("FTPATCH-E2E: PASS function x%ld, function_graph x%ld, "
+	       "traced calls seen\n", switches, graph);
+	power_off();
+	return 0;
+}
