@@ -28,6 +28,9 @@ from ftpatch.verify.static import FileChecker
 
 DEFAULT_TRAMPOLINE = "ftrace_caller"
 
+# Counterexamples re-run with a full trace, per file; the rest are counted.
+MAX_TRACES = 32
+
 Progress = Callable[[int, int], None]
 
 
@@ -85,6 +88,7 @@ def verify_file(
             engine = Engine(CONTRACT_TRAMPOLINE)
         out: list[SiteResult] = []
         total = len(plans)
+        traced = 0
         for i, (site, plan) in enumerate(zip(result.sites, plans, strict=True)):
             findings = list(plan.findings)
             transitions: list[TransitionResult] = []
@@ -92,7 +96,9 @@ def verify_file(
             explorations: list[Exploration] = []
             if emulated:
                 assert engine is not None
-                explorations = [engine.explore(case) for case in plan.cases]
+                explorations = [engine.explore(case, trace=traced < MAX_TRACES)
+                                for case in plan.cases]
+                traced += sum(len(x.counterexamples) for x in explorations)
             for n, (name, stores) in enumerate(zip(plan.names, plan.stores, strict=True)):
                 if emulated:
                     x = explorations[n]

@@ -206,7 +206,7 @@ class Engine:
         *,
         max_steps: int = 512,
         max_interleavings: int = 4096,
-        max_counterexamples: int = 2,
+        max_counterexamples: int = 1,
     ) -> None:
         import unicorn
         from unicorn import arm64_const as a
@@ -225,6 +225,9 @@ class Engine:
         self._xregs = [getattr(a, f"UC_ARM64_REG_X{i}") for i in range(29)]
         self._x29, self._x30 = a.UC_ARM64_REG_X29, a.UC_ARM64_REG_X30
         self._sp, self._pc, self._x9 = a.UC_ARM64_REG_SP, a.UC_ARM64_REG_PC, a.UC_ARM64_REG_X9
+        self._checked = [self._xregs[i] for i in _CALLEE_SAVED] + [self._x29]
+        self._initial = self._initial_context()
+        self._cs: Any = None  # capstone, for traces only
         self._case: Case | None = None
         self._run: _Run | None = None
         self._stores_at: dict[int, int] = {}
@@ -324,20 +327,37 @@ class Engine:
             raw = bytes(uc.mem_read(address, 4))
             word = arm64.read_word(raw, 0)
             run.steps.append(
-                Step(address, word, index, version, arm64.disassemble(word, address),
+                Step(address, word, index, version, self._disassemble(word, address),
                      uc.reg_read(self._x9), uc.reg_read(self._x30), uc.reg_read(self._sp))
             )
+
+    def _disassemble(self, word: int, address: int) -> str:
+        if arm64.is_bl(word) or arm64.is_b(word):
+            return arm64.disassemble(word, address)
+        if self._cs is None:
+            import capstone
+
+            self._cs = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+        for insn in self._cs.disasm(arm64.word_bytes(word), address):
+            return f"{insn.mnemonic} {insn.op_str}".strip()
+        return ".inst (undefined)"
 
     def _reset(self, case: Case, caller: int) -> None:
         uc = self._uc
         self._write_code(case)
         uc.mem_write(LOG_BASE, bytes(8))
+        uc.context_restore(self._initial)
+
+    def _initial_context(self) -> Any:
+        """Registers at the caller stub: sentinels, garbage X9, the stub's own LR."""
+        uc = self._uc
         for i, reg in enumerate(self._xregs):
             uc.reg_write(reg, _sentinel(i))
         uc.reg_write(self._x9, GARBAGE_X9)
         uc.reg_write(self._x29, _sentinel(29))
         uc.reg_write(self._x30, CALLER_LR)
         uc.reg_write(self._sp, STACK_POINTER)
+        return uc.context_save()
 
     def _execute(self, case: Case, caller: int, run: _Run) -> tuple[int, str | None]:
         """Run from the caller stub to the body; (pc, fault or None)."""
@@ -381,12 +401,10 @@ class Engine:
                     f"x30 = {x30:#x} at the first body instruction, not the caller's return "
                     f"address {ret:#x}: the function would return to {x30:#x}"
                 )
-            sp = uc.reg_read(self._sp)
+            sp, *saved = uc.reg_read_batch([self._sp, *self._checked])
             if sp != STACK_POINTER:
                 problems.append(f"sp = {sp:#x}, was {STACK_POINTER:#x}")
-            for i in (*_CALLEE_SAVED, 29):
-                reg = self._x29 if i == 29 else self._xregs[i]
-                value = uc.reg_read(reg)
+            for i, value in zip((*_CALLEE_SAVED, 29), saved, strict=True):
                 if value != _sentinel(i):
                     problems.append(f"callee-saved x{i} = {value:#x}, was {_sentinel(i):#x}")
         log = self._log()
@@ -400,8 +418,10 @@ class Engine:
         return problems
 
     def _log(self) -> tuple[tuple[int, int, int], ...]:
-        raw = bytes(self._uc.mem_read(LOG_BASE, LOG_SIZE))
-        count = min(int.from_bytes(raw[:8], "little"), MAX_LOG_ENTRIES)
+        count = min(int.from_bytes(self._uc.mem_read(LOG_BASE, 8), "little"), MAX_LOG_ENTRIES)
+        if count == 0:
+            return ()
+        raw = bytes(self._uc.mem_read(LOG_BASE, LOG_ENTRY * (count + 1)))
         out = []
         for n in range(1, count + 1):
             o = n * LOG_ENTRY
@@ -431,8 +451,12 @@ class Engine:
             pc, self._uc.reg_read(self._x30), self._log(),
         )
 
-    def explore(self, case: Case) -> Exploration:
-        """Every interleaving of ``case``: each changed-word fetch old or new."""
+    def explore(self, case: Case, *, trace: bool = True) -> Exploration:
+        """Every interleaving of ``case``: each changed-word fetch old or new.
+
+        With ``trace`` the first violating interleavings are re-run with a
+        per-instruction trace (``Exploration.counterexamples``).
+        """
         from unicorn import UC_HOOK_CODE
 
         self.cases += 1
@@ -468,5 +492,6 @@ class Engine:
         finally:
             if handle is not None:
                 self._uc.hook_del(handle)
-        examples = tuple(self.run_one(case, f) for f in failing[: self.max_counterexamples])
+        keep = self.max_counterexamples if trace else 0
+        examples = tuple(self.run_one(case, f) for f in failing[:keep])
         return Exploration(case, count, len(failing), examples, truncated)

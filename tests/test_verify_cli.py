@@ -1,0 +1,69 @@
+"""``ftpatch verify`` as a Makefile runs it: exit 0 clean, 1 failing site, 2 bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import fixture_path, ftpatch
+
+from ftpatch.cli import app
+from ftpatch.rewrite import rewrite_file
+
+HAS_VERIFY = any(
+    (c.name or (c.callback.__name__ if c.callback else "")) == "verify"
+    for c in app.registered_commands
+)
+pytestmark = pytest.mark.skipif(not HAS_VERIFY, reason="cli.py has no verify command yet")
+
+
+def rewritten(tmp_path: Path, name: str) -> Path:
+    dest = tmp_path / Path(name).name
+    shutil.copyfile(fixture_path(name), dest)
+    dest.chmod(0o644)
+    rewrite_file(str(dest))
+    return dest
+
+
+def test_clean_object_exits_0(tmp_path: Path) -> None:
+    run = ftpatch("verify", rewritten(tmp_path, "obj/gcc-bti.o"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert ": ok: 8 sites" in run.stdout
+    assert "48 interleavings, 0 violating" in run.stdout
+
+
+def test_two_slot_counterexample_exits_1_with_a_trace() -> None:
+    run = ftpatch("verify", "--scheme", "two-slot", fixture_path("obj/gcc-plain-O2.o"))
+    assert run.returncode == 1
+    assert "counterexample, enable (two-slot)" in run.stdout
+    assert "-- patcher: store [2]" in run.stdout
+    assert "nop (d503201f) -> mov x9, x30 (aa1e03e9) is not a permitted" in run.stdout
+
+
+def test_json_lists_every_finding(tmp_path: Path) -> None:
+    run = ftpatch("verify", "--json", "--scheme", "two-slot", fixture_path("obj/clang-be-bti.o"),
+                  rewritten(tmp_path, "obj/clang-be-bti.o"))
+    assert run.returncode == 1
+    doc = json.loads(run.stdout)
+    pristine, clean = doc["files"]
+    assert not pristine["ok"] and clean["ok"]
+    assert {f["check"] for f in pristine["findings"]} >= {"emulation", "cmodx-pair"}
+    assert doc["exit_status"] == 1
+
+
+def test_worst_status_wins_and_bad_input_is_2(tmp_path: Path) -> None:
+    bogus = tmp_path / "not-elf.o"
+    bogus.write_text("hello\n")
+    run = ftpatch("verify", rewritten(tmp_path, "obj/gcc-bti.o"), bogus)
+    assert run.returncode == 2
+    assert "not-elf.o" in run.stderr
+    assert ftpatch("verify", "--scheme", "three-slot", bogus).returncode == 2
+    assert ftpatch("verify", "--sites", "some", bogus).returncode == 2
+
+
+def test_sites_limits_the_emulation(tmp_path: Path) -> None:
+    run = ftpatch("verify", "--sites", "2", rewritten(tmp_path, "obj/gcc-bti.o"))
+    assert run.returncode == 0
+    assert "2 emulated, 12 interleavings" in run.stdout
