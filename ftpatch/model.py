@@ -1,4 +1,10 @@
-"""Frozen data shared by every layer: places, sites, records, edits, plans.
+"""Immutable data shared by every layer: places, sites, records, edits, plans.
+
+The per-record types (Location, Record, Layout, Site, Edit) are NamedTuples,
+not frozen dataclasses: a vmlinux.o has tens of thousands of records and a
+frozen dataclass costs about four times as much to build (measured, see
+benchmarks/bench_rewrite.py), which the rewrite budget of a few microseconds
+per record cannot pay.
 
 Offsets are named by what they count from: ``offset`` counts from the start of
 a section, ``file_offset`` from the start of the file, ``address`` is virtual.
@@ -8,14 +14,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 # Where a linked image keeps its records (see elf/image.py).
 RecordsMode = Literal["auto", "section", "mcount-loc"]
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
     """A place in a file, printed as ``file: func+0x4`` (or ``.text+0x10``)."""
 
     path: str
@@ -23,6 +28,18 @@ class Location:
     offset: int | None = None
     symbol: str | None = None
     symbol_offset: int | None = None
+
+    @property
+    def place(self) -> str:
+        """The location without the file name: ``func+0x4``."""
+        return str(self).split(": ", 1)[-1]
+
+    def moved(self, offset: int) -> Location:
+        """The same place moved to ``offset`` in the same section."""
+        if self.offset is None:
+            return self
+        sym_off = None if self.symbol_offset is None else self.symbol_offset + offset - self.offset
+        return Location(self.path, self.section, offset, self.symbol, sym_off)
 
     def __str__(self) -> str:
         if self.symbol is not None and self.symbol_offset is not None:
@@ -54,8 +71,7 @@ class RecordKind(enum.Enum):
     RELR = "relr"  # PIE with DT_RELR: the word holds the address, relr marks it
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One entry of ``__patchable_function_entries`` (an mcount record).
 
     ``value_file_offset`` is where the 64-bit value that ``ftpatch`` edits lives
@@ -65,7 +81,7 @@ class Record:
 
     section: str  # records section name
     section_index: int  # its index in the section header table (Clang emits many)
-    index: int  # entry number within the records section
+    index: int  # type: ignore[assignment]  # entry number in the records section (shadows tuple.index)
     kind: RecordKind
     value_file_offset: int
     value: int  # the stored 64-bit value (addend or address)
@@ -75,8 +91,7 @@ class Record:
     mirror_file_offset: int | None = None  # a second copy of the value (PIE word)
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """Shape of a function entry: ``[prefix nops] [bti c] nop ; nop``."""
 
     prefix_nops: int | None  # None: unknown (a rewritten site no longer says)
@@ -93,8 +108,7 @@ class Layout:
         return "+".join(parts) if parts else "plain"
 
 
-@dataclass(frozen=True)
-class Site:
+class Site(NamedTuple):
     """A patch site: a record and the function entry it designates."""
 
     record: Record
@@ -111,15 +125,38 @@ class Site:
     slot_address: int | None = None  # linked images: virtual address of the slot
 
 
-@dataclass(frozen=True)
-class Edit:
-    """One same-size byte change, carrying the bytes it expects to replace."""
+class Edit(NamedTuple):
+    """One same-size byte change, carrying the bytes it expects to replace.
+
+    ``kind`` is ``mov`` (the first entry word), ``record`` (the value that
+    moves) or ``record-word`` (a second copy of it); messages are derived
+    from the site only when something is printed.
+    """
 
     file_offset: int
     old: bytes
     new: bytes
-    location: Location
-    what: str  # "mov x9, x30" or "record +4"
+    site: Site
+    kind: str
+
+    @property
+    def location(self) -> Location:
+        site = self.site
+        if self.kind == "mov" and site.mov_offset is not None:
+            return site.location.moved(site.mov_offset)
+        r = site.record
+        return Location(site.location.path, r.section, r.index * 8)
+
+    @property
+    def what(self) -> str:
+        site = self.site
+        if self.kind == "mov":
+            return "mov x9, x30"
+        assert site.slot_offset is not None
+        delta = site.slot_offset - site.record.target_offset
+        slot = site.location.moved(site.slot_offset).place
+        label = "record word" if self.kind == "record-word" else "record"
+        return f"{label} +{delta:#x} -> {slot}"
 
 
 @dataclass(frozen=True)

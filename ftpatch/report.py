@@ -81,7 +81,7 @@ def scan_lines(result: ScanResult) -> list[str]:
 def edit_dict(edit: Edit) -> dict[str, Any]:
     return {
         "file_offset": edit.file_offset,
-        "location": str(edit.location).split(": ", 1)[-1],
+        "location": edit.location.place,
         "what": edit.what,
         "old": edit.old.hex(),
         "new": edit.new.hex(),
@@ -117,7 +117,7 @@ def plan_lines(result: RewriteResult) -> list[str]:
     lines = []
     for e in result.plan.edits:
         lines.append(
-            f"  {str(e.location).split(': ', 1)[-1]}: file offset {e.file_offset:#x}: "
+            f"  {e.location.place}: file offset {e.file_offset:#x}: "
             f"{e.what}: {e.old.hex()} -> {e.new.hex()}"
         )
     return lines

@@ -268,6 +268,11 @@ class ElfFile:
         return list(struct.iter_unpack(fmt, self.section_bytes(tab)[: tab.sh_size // 24 * 24]))
 
     @property
+    def raw_symbols(self) -> list[tuple[int, int, int, int, int, int]]:
+        """(st_name, st_info, st_other, st_shndx, st_value, st_size) per symbol."""
+        return self._raw_symbols
+
+    @property
     def symbol_count(self) -> int:
         return len(self._raw_symbols)
 
@@ -288,6 +293,26 @@ class ElfFile:
         if st_info & 0xF == STT_SECTION and not name and 0 < st_shndx < len(self.sections):
             name = self.sections[st_shndx].name
         return Symbol(index, name, st_value, st_size, st_info & 0xF, st_info >> 4, st_shndx)
+
+    @cached_property
+    def _symbol_strings(self) -> bytes:
+        tab = self.symtab
+        if tab is None:
+            return b""
+        strtab = self.section(tab.sh_link, "symtab sh_link")
+        return bytes(self.data[strtab.sh_offset : strtab.sh_offset + strtab.sh_size])
+
+    def symbol_name(self, index: int) -> str:
+        """Name of symbol ``index`` (hot path: no Symbol object, strtab cached)."""
+        raw = self._raw_symbols
+        if not 0 <= index < len(raw):
+            raise MalformedElfError(self.where(), f"symbol index {index} out of range")
+        strings = self._symbol_strings
+        start = raw[index][0]
+        end = strings.find(b"\0", start)
+        if start >= len(strings) or end < 0:
+            return self.symbol(index).name  # raises the precise error
+        return strings[start:end].decode("utf-8", "replace")
 
     def iter_symbols(self) -> Iterator[Symbol]:
         for i in range(len(self._raw_symbols)):

@@ -10,12 +10,14 @@ only the first text section (GCC PR 110729).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import struct
+from typing import NamedTuple
 
 from ftpatch.elf.reader import (
     R_AARCH64_ABS64,
     SHN_ABS,
     SHN_COMMON,
+    SHN_LORESERVE,
     SHN_UNDEF,
     SHT_REL,
     SHT_RELA,
@@ -40,8 +42,7 @@ def reloc_name(r_type: int) -> str:
     return _RELOC_NAMES.get(r_type, f"relocation type {r_type}")
 
 
-@dataclass(frozen=True)
-class RawRecord:
+class RawRecord(NamedTuple):
     """A record before its site is classified.
 
     ``problem`` is set when the record cannot be mapped to code at all (wrong
@@ -50,7 +51,7 @@ class RawRecord:
     """
 
     section: Section  # the records section
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, never used
     value_file_offset: int  # where the value ftpatch edits lives (here: r_addend)
     value: int
     target: Section | None
@@ -85,6 +86,8 @@ def object_records(elf: ElfFile) -> list[RawRecord]:
             raise MalformedElfError(
                 elf.where(sec.name), "records relocated by SHT_REL, expected SHT_RELA"
             )
+        if len(relocs) == 1 and _in_order(elf, sec, relocs[0], count, records):
+            continue
         by_offset: dict[int, tuple[int, int, int, int]] = {}
         for rela_sec in relocs:
             if rela_sec.sh_type != SHT_RELA:
@@ -123,6 +126,45 @@ def object_records(elf: ElfFile) -> list[RawRecord]:
             value_file_offset, r_sym, r_type, r_addend = entry
             records.append(_map_record(elf, sec, index, value_file_offset, r_sym, r_type, r_addend))
     return records
+
+
+def _in_order(
+    elf: ElfFile, sec: Section, rela_sec: Section, count: int, out: list[RawRecord]
+) -> bool:
+    """The compilers' layout: one RELA entry per record, in record order.
+
+    Appends the records and returns True, or returns False (appending
+    nothing) so that the general path handles anything else.  This is the
+    hot loop of a vmlinux.o rewrite: tuples straight from ``iter_unpack``,
+    no per-entry objects but the result.
+    """
+    if rela_sec.sh_entsize != 24 or rela_sec.sh_size != count * 24:
+        return False
+    entries = list(struct.iter_unpack(elf.endian + "QQq", elf.section_bytes(rela_sec)))
+    for i, entry in enumerate(entries):
+        if entry[0] != i * RECORD_SIZE:
+            return False
+    symbols = elf.raw_symbols
+    nsyms = len(symbols)
+    sections = elf.sections
+    nsec = min(len(sections), SHN_LORESERVE)
+    code = [s.is_code for s in sections]
+    first = len(out)
+    append = out.append
+    base = rela_sec.sh_offset + 16
+    for i, (_, r_info, r_addend) in enumerate(entries):
+        r_sym = r_info >> 32
+        if r_info & 0xFFFFFFFF == R_AARCH64_ABS64 and 0 < r_sym < nsyms:
+            sym = symbols[r_sym]
+            shndx = sym[3]
+            if 0 < shndx < nsec and code[shndx]:
+                target = sections[shndx]
+                offset = sym[4] + r_addend
+                if 0 <= offset <= target.sh_size - 8:
+                    append(RawRecord(sec, i, base + 24 * i, r_addend, target, offset))
+                    continue
+        append(_map_record(elf, sec, i, base + 24 * i, r_sym, r_info & 0xFFFFFFFF, r_addend))
+    return len(out) - first == count
 
 
 def _map_record(
