@@ -35,7 +35,8 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0,):
-        raise SystemExit(f"{cmd}: exit {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"{cmd}: exit {proc.returncode}: {err}")
     return wall, usage.ru_maxrss
 
 
