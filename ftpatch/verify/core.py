@@ -96,41 +96,83 @@ def verify_file(
             explorations: list[Exploration] = []
             if emulated:
                 assert engine is not None
-                explorations = [engine.explore(case, trace=traced < MAX_TRACES)
-                                for case in plan.cases]
+                explorations = [
+                    engine.explore(case, trace=traced < MAX_TRACES) for case in plan.cases
+                ]
                 traced += sum(len(x.counterexamples) for x in explorations)
             for n, (name, stores) in enumerate(zip(plan.names, plan.stores, strict=True)):
                 if emulated:
                     x = explorations[n]
-                    transitions.append(TransitionResult(name, stores, x.interleavings, x.failing,
-                                                        x.truncated))
+                    transitions.append(
+                        TransitionResult(name, stores, x.interleavings, x.failing, x.truncated)
+                    )
                     findings.extend(_emulation_findings(site.location, i, x))
                 else:
                     transitions.append(TransitionResult(name, stores))
-            out.append(SiteResult(i, site, plan.entry_address, plan.slot_address,
-                                  tuple(transitions), tuple(findings), emulated))
+            out.append(
+                SiteResult(
+                    i,
+                    site,
+                    plan.entry_address,
+                    plan.slot_address,
+                    tuple(transitions),
+                    tuple(findings),
+                    emulated,
+                )
+            )
             if progress is not None:
                 progress(i + 1, total)
         notes: list[Finding] = []
         where = Location(path)
         if not result.sites:
-            notes.append(Finding(CHECK_COVERAGE, where, "no patch sites (no "
-                                 "__patchable_function_entries records)", Severity.NOTE))
+            notes.append(
+                Finding(
+                    CHECK_COVERAGE,
+                    where,
+                    "no patch sites (no __patchable_function_entries records)",
+                    Severity.NOTE,
+                )
+            )
         skipped = sum(1 for p in plans if not p.cases)
         if skipped:
-            notes.append(Finding(CHECK_COVERAGE, where, f"{skipped} site(s) could not be "
-                                 "emulated (entry unknown or slot misaligned)", Severity.NOTE))
+            notes.append(
+                Finding(
+                    CHECK_COVERAGE,
+                    where,
+                    f"{skipped} site(s) could not be emulated (entry unknown or slot misaligned)",
+                    Severity.NOTE,
+                )
+            )
         if len(chosen) < total - skipped:
-            notes.append(Finding(CHECK_COVERAGE, where, f"emulated {len(chosen)} of "
-                                 f"{total - skipped} sites (--sites {sites})", Severity.NOTE))
+            notes.append(
+                Finding(
+                    CHECK_COVERAGE,
+                    where,
+                    f"emulated {len(chosen)} of {total - skipped} sites (--sites {sites})",
+                    Severity.NOTE,
+                )
+            )
         linked = result.kind != "relocatable"
         if linked and tramp is None and result.sites:
-            notes.append(Finding(CHECK_COVERAGE, where, "no trampoline known (give --trampoline "
-                                 f"or define {DEFAULT_TRAMPOLINE}): BL range not checked",
-                                 Severity.NOTE))
+            notes.append(
+                Finding(
+                    CHECK_COVERAGE,
+                    where,
+                    "no trampoline known (give --trampoline "
+                    f"or define {DEFAULT_TRAMPOLINE}): BL range not checked",
+                    Severity.NOTE,
+                )
+            )
         return VerifyReport(
-            path, result.kind, scheme, tramp, tuple(out), tuple(notes),
-            time.perf_counter() - started, checker.prefix_words, not linked,
+            path,
+            result.kind,
+            scheme,
+            tramp,
+            tuple(out),
+            tuple(notes),
+            time.perf_counter() - started,
+            checker.prefix_words,
+            not linked,
         )
 
 
@@ -140,13 +182,24 @@ def _emulation_findings(location: Location, index: int, x: Exploration) -> list[
     if x.failing:
         example = x.counterexamples[0] if x.counterexamples else None
         first = example.violations[0] if example and example.violations else "violation"
-        findings.append(Finding(
-            CHECK_EMULATION, location,
-            f"{name}: {x.failing} of {x.interleavings} interleavings break the ftrace_caller "
-            f"contract ({first})", site=index, counterexample=example))
+        findings.append(
+            Finding(
+                CHECK_EMULATION,
+                location,
+                f"{name}: {x.failing} of {x.interleavings} interleavings break the ftrace_caller "
+                f"contract ({first})",
+                site=index,
+                counterexample=example,
+            )
+        )
     if x.truncated:
-        findings.append(Finding(
-            CHECK_EMULATION, location,
-            f"{name}: exploration stopped after {x.interleavings} interleavings "
-            "(a changed word is fetched in a loop?)", site=index))
+        findings.append(
+            Finding(
+                CHECK_EMULATION,
+                location,
+                f"{name}: exploration stopped after {x.interleavings} interleavings "
+                "(a changed word is fetched in a loop?)",
+                site=index,
+            )
+        )
     return findings

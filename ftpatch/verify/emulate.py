@@ -231,6 +231,7 @@ class Engine:
         self._case: Case | None = None
         self._run: _Run | None = None
         self._stores_at: dict[int, int] = {}
+        self._memory: dict[int, int] = {}  # changed word address -> word now in memory
         self.cases = 0
         self.runs = 0
 
@@ -286,6 +287,7 @@ class Engine:
             uc.mem_write(t, self._tramp_bytes)
         uc.mem_write(caller, arm64.word_bytes(arm64.encode_bl(caller, case.entry)))
         self._write_code(case)
+        self._memory = {s.address: s.old for s in case.stores}
         # mem_write does not always drop translations of the code it overwrites
         # (a previous case's caller stub survived): start each case afresh.
         uc.ctl_flush_tb()
@@ -327,8 +329,16 @@ class Engine:
             raw = bytes(uc.mem_read(address, 4))
             word = arm64.read_word(raw, 0)
             run.steps.append(
-                Step(address, word, index, version, self._disassemble(word, address),
-                     uc.reg_read(self._x9), uc.reg_read(self._x30), uc.reg_read(self._sp))
+                Step(
+                    address,
+                    word,
+                    index,
+                    version,
+                    self._disassemble(word, address),
+                    uc.reg_read(self._x9),
+                    uc.reg_read(self._x30),
+                    uc.reg_read(self._sp),
+                )
             )
 
     def _disassemble(self, word: int, address: int) -> str:
@@ -342,9 +352,19 @@ class Engine:
             return f"{insn.mnemonic} {insn.op_str}".strip()
         return ".inst (undefined)"
 
-    def _reset(self, case: Case, caller: int) -> None:
+    def _reset(self, case: Case, caller: int, preset: dict[int, int] | None = None) -> None:
+        """Registers and log as at the start; each changed word as ``preset`` says (or old).
+
+        Presetting the version of a word's first fetch, known from the run
+        that discovered the choice, saves a stop and restart in the hook.
+        """
         uc = self._uc
-        self._write_code(case)
+        for s in case.stores:
+            want = s.old if preset is None else preset.get(s.address, s.old)
+            if self._memory.get(s.address) != want:
+                uc.mem_write(s.address, arm64.word_bytes(want))
+                uc.ctl_remove_cache(s.address, s.address + 4)
+                self._memory[s.address] = want
         uc.mem_write(LOG_BASE, bytes(8))
         uc.context_restore(self._initial)
 
@@ -365,7 +385,7 @@ class Engine:
 
         uc = self._uc
         self._run = run
-        run.current = {s.address: s.old for s in case.stores}
+        run.current = self._memory
         pc = caller
         budget = len(case.stores) * 4 + 8  # restarts: one per changed-word fetch at most
         fault: str | None = None
@@ -425,8 +445,9 @@ class Engine:
         out = []
         for n in range(1, count + 1):
             o = n * LOG_ENTRY
-            out.append(tuple(int.from_bytes(raw[o + 8 * k : o + 8 * k + 8], "little")
-                             for k in range(3)))
+            out.append(
+                tuple(int.from_bytes(raw[o + 8 * k : o + 8 * k + 8], "little") for k in range(3))
+            )
         return tuple((e[0], e[1], e[2]) for e in out)
 
     def run_one(self, case: Case, fetches: Sequence[bool]) -> Counterexample:
@@ -447,8 +468,14 @@ class Engine:
             self._uc.hook_del(handle)
         assert run.steps is not None
         return Counterexample(
-            case, caller, Interleaving(tuple(run.taken)), tuple(problems), tuple(run.steps),
-            pc, self._uc.reg_read(self._x30), self._log(),
+            case,
+            caller,
+            Interleaving(tuple(run.taken)),
+            tuple(problems),
+            tuple(run.steps),
+            pc,
+            self._uc.reg_read(self._x30),
+            self._log(),
         )
 
     def explore(self, case: Case, *, trace: bool = True) -> Exploration:
@@ -473,22 +500,29 @@ class Engine:
             hi = max(s.address for s in case.stores) + 3
             handle = self._uc.hook_add(UC_HOOK_CODE, self._hook, None, lo, hi)
         try:
-            pending: list[tuple[bool, ...]] = [()]
+            # (schedule, store index of each scheduled fetch, as the run that
+            # found the choice saw them)
+            pending: list[tuple[tuple[bool, ...], tuple[int, ...]]] = [((), ())]
             while pending:
                 if count >= self.max_interleavings:
                     truncated = True
                     break
-                schedule = pending.pop()
+                schedule, order = pending.pop()
+                preset: dict[int, int] = {}
+                for new, i in zip(schedule, order, strict=True):
+                    s = case.stores[i]
+                    preset.setdefault(s.address, s.new if new else s.old)
                 run = _Run(schedule)
-                self._reset(case, caller)
+                self._reset(case, caller, preset)
                 pc, fault = self._execute(case, caller, run)
                 count += 1
                 taken = tuple(new for _i, new in run.taken)
+                fetched = tuple(i for i, _new in run.taken)
                 if self._judge(case, caller, pc, fault):
                     failing.append(taken)
                 for d in range(len(taken) - 1, len(schedule) - 1, -1):
                     if not taken[d]:
-                        pending.append((*taken[:d], True))
+                        pending.append(((*taken[:d], True), fetched[: d + 1]))
         finally:
             if handle is not None:
                 self._uc.hook_del(handle)

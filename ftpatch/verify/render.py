@@ -18,16 +18,18 @@ class _Labels:
 
     def __init__(self, report: VerifyReport, site: SiteResult | None, ce: Counterexample) -> None:
         self.regions: list[tuple[int, int, str]] = [(ce.caller, 8, "caller")]
-        tramp_name = (report.trampoline.name if report.trampoline and report.trampoline.name
-                      else "trampoline")
+        tramp_name = (
+            report.trampoline.name if report.trampoline and report.trampoline.name else "trampoline"
+        )
         names = [tramp_name, "trampoline2"]
         for n, t in enumerate(ce.case.trampolines):
             self.regions.append((t, 0x100, names[n] if n < len(names) else f"trampoline{n + 1}"))
         if site is not None and site.site.function is not None:
             self.regions.append((ce.case.entry, 0x10000, site.site.function))
             if ce.case.start < ce.case.entry:
-                self.regions.append((ce.case.start, ce.case.entry - ce.case.start,
-                                     f"{site.site.function}-prefix"))
+                self.regions.append(
+                    (ce.case.start, ce.case.entry - ce.case.start, f"{site.site.function}-prefix")
+                )
 
     def __call__(self, address: int) -> str:
         for start, size, name in self.regions:
@@ -56,14 +58,19 @@ def trace_lines(report: VerifyReport, finding: Finding) -> list[str]:
     site = _site(report, finding)
     label = _Labels(report, site, ce)
     case = ce.case
-    lines = [f"    counterexample, {case.name} ({report.scheme.value}): "
-             f"{ce.interleaving.describe(case)}"]
+    lines = [
+        f"    counterexample, {case.name} ({report.scheme.value}): {ce.interleaving.describe(case)}"
+    ]
     lines.append("    the patcher's stores, in program order:")
     for k, s in enumerate(case.stores):
-        lines.append(f"      [{k + 1}] {label(s.address)}: {arm64.describe(s.old)} -> "
-                     f"{arm64.describe(s.new)}")
-    lines.append(f"    {'step':>4}  {'where':<22} {'word':<8}  {'fetch':<5}  "
-                 f"{'instruction':<28} {'x9':<20} x30")
+        lines.append(
+            f"      [{k + 1}] {label(s.address)}: {arm64.describe(s.old)} -> "
+            f"{arm64.describe(s.new)}"
+        )
+    lines.append(
+        f"    {'step':>4}  {'where':<22} {'word':<8}  {'fetch':<5}  "
+        f"{'instruction':<28} {'x9':<20} x30"
+    )
     shown: set[int] = set()
     n = 0
     for step in ce.steps:
@@ -72,8 +79,10 @@ def trace_lines(report: VerifyReport, finding: Finding) -> list[str]:
                 if k not in shown:
                     shown.add(k)
                     s = case.stores[k]
-                    lines.append(f"          -- patcher: store [{k + 1}] {label(s.address)} "
-                                 f"{arm64.describe(s.new)} takes effect")
+                    lines.append(
+                        f"          -- patcher: store [{k + 1}] {label(s.address)} "
+                        f"{arm64.describe(s.new)} takes effect"
+                    )
         n += 1
         fetch = step.version or ""
         note = ""
@@ -82,24 +91,31 @@ def trace_lines(report: VerifyReport, finding: Finding) -> list[str]:
         text = step.text
         if arm64.is_bl(step.word) or arm64.is_b(step.word):
             text = f"{text.split()[0]} {label(arm64.bl_target(step.address, step.word))}"
-        lines.append(f"    {n:>4}  {label(step.address):<22} {step.word:08x}  {fetch:<5}  "
-                     f"{text:<28} {step.x9:<#20x} {step.x30:#x}{note}")
+        lines.append(
+            f"    {n:>4}  {label(step.address):<22} {step.word:08x}  {fetch:<5}  "
+            f"{text:<28} {step.x9:<#20x} {step.x30:#x}{note}"
+        )
     end = label(ce.end_pc)
-    lines.append(f"    stop at {end}: x30 = {label.value(ce.end_x30)}; the caller's return "
-                 f"address is {label.value(ce.return_address)}")
+    lines.append(
+        f"    stop at {end}: x30 = {label.value(ce.end_x30)}; the caller's return "
+        f"address is {label.value(ce.return_address)}"
+    )
     for x9, x30, tramp in ce.log:
-        lines.append(f"    {label(tramp)} ran with x9 = {label.value(x9)}, "
-                     f"x30 = {label.value(x30)}")
+        lines.append(
+            f"    {label(tramp)} ran with x9 = {label.value(x9)}, x30 = {label.value(x30)}"
+        )
     lines.extend(f"    violation: {v}" for v in ce.violations)
     return lines
 
 
 def summary_line(report: VerifyReport) -> str:
     verdict = "ok" if report.ok else "FAIL"
-    return (f"{report.path}: {verdict}: {len(report.sites)} sites ({report.kind}, "
-            f"{report.scheme.value}), {report.emulated} emulated, {report.interleavings} "
-            f"interleavings, {report.violations} violating, {len(report.errors)} findings, "
-            f"{report.seconds:.2f}s")
+    return (
+        f"{report.path}: {verdict}: {len(report.sites)} sites ({report.kind}, "
+        f"{report.scheme.value}), {report.emulated} emulated, {report.interleavings} "
+        f"interleavings, {report.violations} violating, {len(report.errors)} findings, "
+        f"{report.seconds:.2f}s"
+    )
 
 
 def finding_lines(report: VerifyReport, *, limit: int = 20, traces: int = 1) -> list[str]:
@@ -126,9 +142,11 @@ def totals(reports: Sequence[VerifyReport], seconds: float) -> str:
     findings = sum(len(r.errors) for r in reports)
     failed = sum(1 for r in reports if not r.ok)
     rate = f", {sites / seconds:.0f} sites/s" if seconds > 0 else ""
-    return (f"verified {len(reports)} file(s): {sites} sites, {inter} interleavings, "
-            f"{bad} violating, {findings} findings, {failed} file(s) failing, "
-            f"{seconds:.2f}s{rate}")
+    return (
+        f"verified {len(reports)} file(s): {sites} sites, {inter} interleavings, "
+        f"{bad} violating, {findings} findings, {failed} file(s) failing, "
+        f"{seconds:.2f}s{rate}"
+    )
 
 
 def summary_table(reports: Sequence[VerifyReport]) -> Any:
@@ -136,15 +154,32 @@ def summary_table(reports: Sequence[VerifyReport]) -> Any:
     from rich.table import Table
 
     table = Table(title="ftpatch verify", title_justify="left")
-    for name, justify in (("file", "left"), ("kind", "left"), ("scheme", "left"),
-                          ("sites", "right"), ("emulated", "right"),
-                          ("interleavings", "right"), ("violating", "right"),
-                          ("findings", "right"), ("time", "right"), ("result", "left")):
+    for name, justify in (
+        ("file", "left"),
+        ("kind", "left"),
+        ("scheme", "left"),
+        ("sites", "right"),
+        ("emulated", "right"),
+        ("interleavings", "right"),
+        ("violating", "right"),
+        ("findings", "right"),
+        ("time", "right"),
+        ("result", "left"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in reports:
-        table.add_row(r.path, r.kind, r.scheme.value, str(len(r.sites)), str(r.emulated),
-                      str(r.interleavings), str(r.violations), str(len(r.errors)),
-                      f"{r.seconds:.2f}s", "[green]ok[/]" if r.ok else "[red]FAIL[/]")
+        table.add_row(
+            r.path,
+            r.kind,
+            r.scheme.value,
+            str(len(r.sites)),
+            str(r.emulated),
+            str(r.interleavings),
+            str(r.violations),
+            str(len(r.errors)),
+            f"{r.seconds:.2f}s",
+            "[green]ok[/]" if r.ok else "[red]FAIL[/]",
+        )
     return table
 
 
@@ -162,12 +197,30 @@ def _counterexample_dict(report: VerifyReport, f: Finding) -> dict[str, Any] | N
             {"store": i, "address": ce.case.stores[i].address, "fetched": "new" if new else "old"}
             for i, new in ce.interleaving.fetches
         ],
-        "stores": [{"address": s.address, "where": label(s.address), "old": f"{s.old:08x}",
-                    "new": f"{s.new:08x}", "old_text": arm64.describe(s.old),
-                    "new_text": arm64.describe(s.new)} for s in ce.case.stores],
-        "steps": [{"address": s.address, "where": label(s.address), "word": f"{s.word:08x}",
-                   "fetched": s.version, "instruction": s.text, "x9": s.x9, "x30": s.x30,
-                   "sp": s.sp} for s in ce.steps],
+        "stores": [
+            {
+                "address": s.address,
+                "where": label(s.address),
+                "old": f"{s.old:08x}",
+                "new": f"{s.new:08x}",
+                "old_text": arm64.describe(s.old),
+                "new_text": arm64.describe(s.new),
+            }
+            for s in ce.case.stores
+        ],
+        "steps": [
+            {
+                "address": s.address,
+                "where": label(s.address),
+                "word": f"{s.word:08x}",
+                "fetched": s.version,
+                "instruction": s.text,
+                "x9": s.x9,
+                "x30": s.x30,
+                "sp": s.sp,
+            }
+            for s in ce.steps
+        ],
         "end": {"pc": ce.end_pc, "x30": ce.end_x30, "return_address": ce.return_address},
         "trampoline_log": [{"x9": x9, "x30": x30, "trampoline": t} for x9, x30, t in ce.log],
         "violations": list(ce.violations),
@@ -177,9 +230,15 @@ def _counterexample_dict(report: VerifyReport, f: Finding) -> dict[str, Any] | N
 def finding_dict(report: VerifyReport, f: Finding) -> dict[str, Any]:
     loc = f.location
     out: dict[str, Any] = {
-        "check": f.check, "severity": f.severity.value, "where": str(loc),
-        "section": loc.section, "offset": loc.offset, "symbol": loc.symbol,
-        "symbol_offset": loc.symbol_offset, "site": f.site, "message": f.message,
+        "check": f.check,
+        "severity": f.severity.value,
+        "where": str(loc),
+        "section": loc.section,
+        "offset": loc.offset,
+        "symbol": loc.symbol,
+        "symbol_offset": loc.symbol_offset,
+        "site": f.site,
+        "message": f.message,
     }
     ce = _counterexample_dict(report, f)
     if ce is not None:
@@ -217,10 +276,16 @@ def report_dict(report: VerifyReport) -> dict[str, Any]:
                 "interleavings": s.interleavings,
                 "ok": s.ok,
                 "transitions": [
-                    {"name": t.name, "interleavings": t.interleavings, "failing": t.failing,
-                     "truncated": t.truncated,
-                     "stores": [{"address": st.address, "old": f"{st.old:08x}",
-                                 "new": f"{st.new:08x}"} for st in t.stores]}
+                    {
+                        "name": t.name,
+                        "interleavings": t.interleavings,
+                        "failing": t.failing,
+                        "truncated": t.truncated,
+                        "stores": [
+                            {"address": st.address, "old": f"{st.old:08x}", "new": f"{st.new:08x}"}
+                            for st in t.stores
+                        ],
+                    }
                     for t in s.transitions
                 ],
             }

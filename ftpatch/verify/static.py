@@ -47,9 +47,14 @@ SYNTHETIC_BASE = 0x4000_0000
 MAX_PREFIX_SCAN = 4  # words looked at before a function symbol
 
 _RELOC_NAMES = {
-    257: "R_AARCH64_ABS64", 258: "R_AARCH64_ABS32", 260: "R_AARCH64_PREL64",
-    261: "R_AARCH64_PREL32", 275: "R_AARCH64_ADR_PREL_PG_HI21",
-    277: "R_AARCH64_ADD_ABS_LO12_NC", 282: "R_AARCH64_JUMP26", 283: "R_AARCH64_CALL26",
+    257: "R_AARCH64_ABS64",
+    258: "R_AARCH64_ABS32",
+    260: "R_AARCH64_PREL64",
+    261: "R_AARCH64_PREL32",
+    275: "R_AARCH64_ADR_PREL_PG_HI21",
+    277: "R_AARCH64_ADD_ABS_LO12_NC",
+    282: "R_AARCH64_JUMP26",
+    283: "R_AARCH64_CALL26",
     1027: "R_AARCH64_RELATIVE",
 }
 
@@ -200,8 +205,9 @@ class FileChecker:
         for rela in elf.sections:
             if rela.sh_type != SHT_RELA or rela.sh_entsize != 24:
                 continue
-            applies_to = (elf.sections[rela.sh_info]
-                          if 0 < rela.sh_info < len(elf.sections) else None)
+            applies_to = (
+                elf.sections[rela.sh_info] if 0 < rela.sh_info < len(elf.sections) else None
+            )
             is_record = applies_to is not None and (
                 applies_to.name == RECORDS_SECTION
                 or applies_to.name.startswith(RECORDS_SECTION + ".")
@@ -213,21 +219,28 @@ class FileChecker:
                     continue
                 if applies_to is not None and applies_to.is_code:
                     applied.setdefault(applies_to.index, {})[r.r_offset] = (
-                        f"{rela.name} entry {n}", r.r_type)
+                        f"{rela.name} entry {n}",
+                        r.r_type,
+                    )
                 if not 0 < r.r_sym < elf.symbol_count:
                     continue
                 shndx = elf.symbol_shndx(r.r_sym)
                 if not 0 < shndx < len(elf.sections) or not elf.sections[shndx].is_code:
                     continue
-                where = (f"{applies_to.name}[{r.r_offset // 8}]" if is_record and applies_to
-                         else f"{rela.name} entry {n}")
+                where = (
+                    f"{applies_to.name}[{r.r_offset // 8}]"
+                    if is_record and applies_to
+                    else f"{rela.name} entry {n}"
+                )
                 target = elf.symbol_value(r.r_sym) + r.r_addend
                 targets.setdefault((shndx, target), []).append(
-                    _Ref(where, r.r_type, r.file_offset + 16, is_record))
+                    _Ref(where, r.r_type, r.file_offset + 16, is_record)
+                )
         self._applied, self._targets = applied, targets
 
-    def _relocation_findings(self, site: Site, index: int, sec: Section,
-                             mov: int | None, slot: int) -> Iterator[Finding]:
+    def _relocation_findings(
+        self, site: Site, index: int, sec: Section, mov: int | None, slot: int
+    ) -> Iterator[Finding]:
         if self._applied is None or self._targets is None:
             self._index_relocations()
         assert self._applied is not None and self._targets is not None
@@ -238,37 +251,53 @@ class FileChecker:
             for k in range(key_base - 7, key_base + 4):
                 hit = applied.get(k)
                 if hit is not None and k + _reloc_size(hit[1]) > key_base:
-                    yield Finding(CHECK_RELOCATION, self._locate(site, sec, off),
-                                  f"{reloc_name(hit[1])} ({hit[0]}) rewrites the {what} at link "
-                                  "time", site=index)
+                    yield Finding(
+                        CHECK_RELOCATION,
+                        self._locate(site, sec, off),
+                        f"{reloc_name(hit[1])} ({hit[0]}) rewrites the {what} at link time",
+                        site=index,
+                    )
         if self.linked:
             return
         own = site.record.value_file_offset
         for ref in self._targets.get((sec.index, slot), []):
             if ref.value_file_offset != own:
                 what = "a second record" if ref.is_record else "code"
-                yield Finding(CHECK_RELOCATION, self._locate(site, sec, slot),
-                              f"{what} ({ref.where}, {reloc_name(ref.r_type)}) points at the BL "
-                              "slot: it would enter the function past the mov x9, x30",
-                              site=index)
+                yield Finding(
+                    CHECK_RELOCATION,
+                    self._locate(site, sec, slot),
+                    f"{what} ({ref.where}, {reloc_name(ref.r_type)}) points at the BL "
+                    "slot: it would enter the function past the mov x9, x30",
+                    site=index,
+                )
         if mov is not None:
             for ref in self._targets.get((sec.index, mov), []):
                 if ref.is_record and ref.value_file_offset != own:
-                    yield Finding(CHECK_RELOCATION, self._locate(site, sec, mov),
-                                  f"a second record ({ref.where}) points at the mov x9, x30: the "
-                                  "runtime would patch it", site=index)
+                    yield Finding(
+                        CHECK_RELOCATION,
+                        self._locate(site, sec, mov),
+                        f"a second record ({ref.where}) points at the mov x9, x30: the "
+                        "runtime would patch it",
+                        site=index,
+                    )
 
     # -- one site ------------------------------------------------------------------
 
     def check_site(self, site: Site, index: int) -> SitePlan:
         sec = self.site_section(site)
         if sec is None:
-            finding = Finding(CHECK_SCAN, site.location, site.reason or "no code section",
-                              site=index)
+            finding = Finding(
+                CHECK_SCAN, site.location, site.reason or "no code section", site=index
+            )
             return SitePlan((finding,), (), None, None, (), ())
         if site.state.value == "discarded":  # a record of a function the linker dropped
-            note = Finding(CHECK_COVERAGE, site.location, site.reason or "discarded record",
-                           Severity.NOTE, site=index)
+            note = Finding(
+                CHECK_COVERAGE,
+                site.location,
+                site.reason or "discarded record",
+                Severity.NOTE,
+                site=index,
+            )
             return SitePlan((note,), (), None, None, (), ())
         findings: list[Finding] = []
         r = site.record.target_offset
@@ -292,22 +321,29 @@ class FileChecker:
         if self.linked and known is not None and known.address is not None:
             distance = known.address - slot_address
             if not -arm64.BL_RANGE <= distance < arm64.BL_RANGE or distance % 4:
-                findings.append(Finding(
-                    CHECK_RANGE, self._locate(site, sec, patched),
-                    f"bl from the slot at {slot_address:#x} cannot reach {known} "
-                    f"(distance {distance:+#x}, range +-128 MiB): needs a PLT or veneer",
-                    site=index))
+                findings.append(
+                    Finding(
+                        CHECK_RANGE,
+                        self._locate(site, sec, patched),
+                        f"bl from the slot at {slot_address:#x} cannot reach {known} "
+                        f"(distance {distance:+#x}, range +-128 MiB): needs a PLT or veneer",
+                        site=index,
+                    )
+                )
         t1, t2 = self._trampolines(slot_address)
-        first = (known.name if known is not None and known.name and known.address == t1
-                 else "trampoline")
+        first = (
+            known.name if known is not None and known.name and known.address == t1 else "trampoline"
+        )
         self._tramp_names = {t1: first, t2: "trampoline2"}
         transitions = self._transitions(sec, patched, mov, t1, t2)
         for t in transitions:
             findings.extend(self._cmodx_findings(site, index, sec, t))
 
         entry = f if f is not None else (mov if mov is not None else None)
-        stores = tuple(tuple(Store(self.address(sec, o), old, new) for o, old, new in t.stores)
-                       for t in transitions)
+        stores = tuple(
+            tuple(Store(self.address(sec, o), old, new) for o, old, new in t.stores)
+            for t in transitions
+        )
         names = tuple(t.name for t in transitions)
         if entry is None or entry < 0:
             return SitePlan(tuple(findings), (), None, slot_address, stores, names)
@@ -319,17 +355,30 @@ class FileChecker:
         cases = []
         for t, t_stores in zip(transitions, stores, strict=True):
             words = tuple(t.before.get(start + 4 * i, w or 0) for i, w in enumerate(file_words))
-            cases.append(Case(self.address(sec, start), words, self.address(sec, entry),
-                              t_stores, (t1, t2), t.name))
-        return SitePlan(tuple(findings), tuple(cases), self.address(sec, entry), slot_address,
-                        stores, names)
+            cases.append(
+                Case(
+                    self.address(sec, start),
+                    words,
+                    self.address(sec, entry),
+                    t_stores,
+                    (t1, t2),
+                    t.name,
+                )
+            )
+        return SitePlan(
+            tuple(findings), tuple(cases), self.address(sec, entry), slot_address, stores, names
+        )
 
     def _layout_findings(self, site: Site, index: int, sec: Section, r: int) -> Iterator[Finding]:
         """The layout ``[prefix] [BTI C] MOV X9,X30 ; NOP`` with the record on the NOP."""
         if r % 4:
-            yield Finding(CHECK_SLOT_ALIGN, self._locate(site, sec, r),
-                          f"record points at {sec.name}+{r:#x}, which is not 4-byte aligned: "
-                          "the BL slot must be one aligned 32-bit word", site=index)
+            yield Finding(
+                CHECK_SLOT_ALIGN,
+                self._locate(site, sec, r),
+                f"record points at {sec.name}+{r:#x}, which is not 4-byte aligned: "
+                "the BL slot must be one aligned 32-bit word",
+                site=index,
+            )
             return
         if site.state is State.REWRITTEN:
             return
@@ -340,53 +389,82 @@ class FileChecker:
         after = self.word(sec, r + 4)
         mov_at, slot_at = site.mov_offset, site.slot_offset
         if site.state is State.PRISTINE:
-            yield Finding(CHECK_MOV, self._locate(site, sec, mov_at if mov_at is not None else r),
-                          "site is not rewritten: no mov x9, x30 before the BL slot, so the "
-                          "runtime would have to write it (nop -> mov x9, x30 is outside the "
-                          f"permitted set, {arm64.CMODX_REVISION})", site=index)
+            yield Finding(
+                CHECK_MOV,
+                self._locate(site, sec, mov_at if mov_at is not None else r),
+                "site is not rewritten: no mov x9, x30 before the BL slot, so the "
+                "runtime would have to write it (nop -> mov x9, x30 is outside the "
+                f"permitted set, {arm64.CMODX_REVISION})",
+                site=index,
+            )
             return
         if w == arm64.MOV_X9_X30 and after == arm64.NOP:
-            yield Finding(CHECK_RECORD_ON_MOV, self._locate(site, sec, r),
-                          f"record points at the mov x9, x30, not at the BL slot "
-                          f"{sec.name}+{r + 4:#x}: the runtime would overwrite the mov", site=index)
+            yield Finding(
+                CHECK_RECORD_ON_MOV,
+                self._locate(site, sec, r),
+                f"record points at the mov x9, x30, not at the BL slot "
+                f"{sec.name}+{r + 4:#x}: the runtime would overwrite the mov",
+                site=index,
+            )
             return
         if (slot_at is not None and r == slot_at) or (slot_at is None and w == arm64.NOP):
             problems = 0
             if before != arm64.MOV_X9_X30:
                 problems += 1
                 got = arm64.describe(before) if before is not None else "nothing"
-                yield Finding(CHECK_MOV, self._locate(site, sec, r - 4),
-                              f"expected mov x9, x30 (aa1e03e9) before the BL slot, found {got}",
-                              site=index)
+                yield Finding(
+                    CHECK_MOV,
+                    self._locate(site, sec, r - 4),
+                    f"expected mov x9, x30 (aa1e03e9) before the BL slot, found {got}",
+                    site=index,
+                )
             if w != arm64.NOP:
                 problems += 1
                 got = arm64.describe(w) if w is not None else "nothing"
-                yield Finding(CHECK_SLOT_WORD, self._locate(site, sec, r),
-                              f"BL slot holds {got}, expected nop (d503201f)", site=index)
+                yield Finding(
+                    CHECK_SLOT_WORD,
+                    self._locate(site, sec, r),
+                    f"BL slot holds {got}, expected nop (d503201f)",
+                    site=index,
+                )
             if problems:
                 return
         if w is not None and w != arm64.NOP and before == arm64.MOV_X9_X30:
-            yield Finding(CHECK_SLOT_WORD, self._locate(site, sec, r),
-                          f"BL slot holds {arm64.describe(w)}, expected nop (d503201f)",
-                          site=index)
+            yield Finding(
+                CHECK_SLOT_WORD,
+                self._locate(site, sec, r),
+                f"BL slot holds {arm64.describe(w)}, expected nop (d503201f)",
+                site=index,
+            )
             return
         if mov_at is not None and r < mov_at:
-            yield Finding(CHECK_RECORD, self._locate(site, sec, r),
-                          f"record points before the entry ({site.reason or 'prefix'})",
-                          site=index)
+            yield Finding(
+                CHECK_RECORD,
+                self._locate(site, sec, r),
+                f"record points before the entry ({site.reason or 'prefix'})",
+                site=index,
+            )
             return
         yield Finding(CHECK_SCAN, site.location, site.reason or "invalid site", site=index)
 
-    def _alignment_findings(self, site: Site, index: int, sec: Section, f: int | None,
-                            patched: int) -> Iterator[Finding]:
+    def _alignment_findings(
+        self, site: Site, index: int, sec: Section, f: int | None, patched: int
+    ) -> Iterator[Finding]:
         if not self.linked and sec.sh_addralign < 4:
-            yield Finding(CHECK_SLOT_ALIGN, self._locate(site, sec, patched),
-                          f"{sec.name} has sh_addralign {sec.sh_addralign}: the linker may "
-                          "place the BL slot off a 4-byte boundary", site=index)
+            yield Finding(
+                CHECK_SLOT_ALIGN,
+                self._locate(site, sec, patched),
+                f"{sec.name} has sh_addralign {sec.sh_addralign}: the linker may "
+                "place the BL slot off a 4-byte boundary",
+                site=index,
+            )
         if self.linked and self.address(sec, patched) % 4:
-            yield Finding(CHECK_SLOT_ALIGN, self._locate(site, sec, patched),
-                          f"BL slot at {self.address(sec, patched):#x} is not 4-byte aligned",
-                          site=index)
+            yield Finding(
+                CHECK_SLOT_ALIGN,
+                self._locate(site, sec, patched),
+                f"BL slot at {self.address(sec, patched):#x} is not 4-byte aligned",
+                site=index,
+            )
         prefix = self.prefix_words
         if site.layout is not None and site.layout.prefix_nops is not None:
             prefix = site.layout.prefix_nops
@@ -394,15 +472,22 @@ class FileChecker:
             literal = f - 8
             where = self.address(sec, literal) if self.linked else literal
             if where % 8:
-                yield Finding(CHECK_PREFIX_ALIGN, self._locate(site, sec, literal),
-                              f"the 8-byte ops literal before {site.function} is at "
-                              f"{where:#x}, not 8-byte aligned (the kernel's CALL_OPS needs it; "
-                              "compile with -falign-functions=8)", site=index)
+                yield Finding(
+                    CHECK_PREFIX_ALIGN,
+                    self._locate(site, sec, literal),
+                    f"the 8-byte ops literal before {site.function} is at "
+                    f"{where:#x}, not 8-byte aligned (the kernel's CALL_OPS needs it; "
+                    "compile with -falign-functions=8)",
+                    site=index,
+                )
             elif not self.linked and sec.sh_addralign < 8:
-                yield Finding(CHECK_PREFIX_ALIGN, self._locate(site, sec, literal),
-                              f"{sec.name} has sh_addralign {sec.sh_addralign} < 8: the ops "
-                              f"literal before {site.function} may end up misaligned",
-                              site=index)
+                yield Finding(
+                    CHECK_PREFIX_ALIGN,
+                    self._locate(site, sec, literal),
+                    f"{sec.name} has sh_addralign {sec.sh_addralign} < 8: the ops "
+                    f"literal before {site.function} may end up misaligned",
+                    site=index,
+                )
 
     def _trampolines(self, slot_address: int) -> tuple[int, int]:
         """Trampoline addresses for the emulation: the real one when reachable."""
@@ -419,8 +504,9 @@ class FileChecker:
         t1 = block - 0x100000 if block >= 0x200000 else block + 0x200000
         return t1, t1 + 0x1000
 
-    def _transitions(self, sec: Section, patched: int, mov: int | None,
-                     t1: int, t2: int) -> tuple[Transition, ...]:
+    def _transitions(
+        self, sec: Section, patched: int, mov: int | None, t1: int, t2: int
+    ) -> tuple[Transition, ...]:
         bl1 = arm64.encode_bl(self.address(sec, patched), t1)
         bl2 = arm64.encode_bl(self.address(sec, patched), t2)
         w_slot = self.word(sec, patched)
@@ -440,31 +526,42 @@ class FileChecker:
 
         enabled = {mov: arm64.MOV_X9_X30, patched: bl1}
         return (
-            Transition("enable", {}, changed((mov, w_mov, arm64.MOV_X9_X30),
-                                             (patched, w_slot, bl1))),
-            Transition("disable", enabled, changed((patched, bl1, w_slot),
-                                                   (mov, arm64.MOV_X9_X30, w_mov))),
+            Transition(
+                "enable", {}, changed((mov, w_mov, arm64.MOV_X9_X30), (patched, w_slot, bl1))
+            ),
+            Transition(
+                "disable", enabled, changed((patched, bl1, w_slot), (mov, arm64.MOV_X9_X30, w_mov))
+            ),
             Transition("retarget", enabled, changed((patched, bl1, bl2))),
         )
 
     def _word(self, sec: Section, offset: int, word: int) -> str:
         return _describe(word, self.address(sec, offset), self._tramp_names)
 
-    def _cmodx_findings(self, site: Site, index: int, sec: Section,
-                        t: Transition) -> Iterator[Finding]:
+    def _cmodx_findings(
+        self, site: Site, index: int, sec: Section, t: Transition
+    ) -> Iterator[Finding]:
         if len(t.stores) > 1:
             words = "; ".join(
                 f"{sec.name}+{o:#x} {self._word(sec, o, old)} -> {self._word(sec, o, new)}"
                 for o, old, new in t.stores
             )
-            yield Finding(CHECK_CMODX_WORDS, self._locate(site, sec, t.stores[0][0]),
-                          f"{t.name} changes {len(t.stores)} words ({words}): nothing orders "
-                          "another CPU's fetches of different words", site=index)
+            yield Finding(
+                CHECK_CMODX_WORDS,
+                self._locate(site, sec, t.stores[0][0]),
+                f"{t.name} changes {len(t.stores)} words ({words}): nothing orders "
+                "another CPU's fetches of different words",
+                site=index,
+            )
         for o, old, new in t.stores:
             if not arm64.cmodx_permitted(old, new):
                 outside = [arm64.describe(w) for w in (old, new) if arm64.cmodx_class(w) is None]
-                yield Finding(CHECK_CMODX_PAIR, self._locate(site, sec, o),
-                              f"{t.name}: {self._word(sec, o, old)} -> {self._word(sec, o, new)} "
-                              "is not "
-                              f"a permitted concurrent modification ({', '.join(outside)} "
-                              f"outside the set of {_permitted()})", site=index)
+                yield Finding(
+                    CHECK_CMODX_PAIR,
+                    self._locate(site, sec, o),
+                    f"{t.name}: {self._word(sec, o, old)} -> {self._word(sec, o, new)} "
+                    "is not "
+                    f"a permitted concurrent modification ({', '.join(outside)} "
+                    f"outside the set of {_permitted()})",
+                    site=index,
+                )
