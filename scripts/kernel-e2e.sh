@@ -97,7 +97,8 @@ prepare_tree() {
 		fi
 		return
 	fi
-	rm -rf "$SRC" "$BUILD"
+	rm -rf "$SRC" "$BUILD" "$OUT"
+	mkdir -p "$OUT"
 	log "extracting $TARBALL"
 	tar -xf "$TARBALL" -C "$WORK"
 	for p in 0001-kbuild-run-ftpatch-on-vmlinux.o.patch 0003-ftrace-report-init-cycles.patch; do
@@ -284,6 +285,12 @@ print(len(entry["sites"]), " ".join(f"{k}={v}" for k, v in sorted(states.items()
 EOF
 	result sites_in_vmlinux_o "$(cut -d' ' -f1 "$OUT/scan-states.txt")"
 	result scan_states "\"$(cut -d' ' -f2- "$OUT/scan-states.txt")\""
+	# The linked images, read by ftpatch's own image reader.
+	local kind
+	for kind in stock ftpatch; do
+		$FTPATCH_CMD scan "$OUT/vmlinux-$kind" --json > "$OUT/scan-vmlinux-$kind.json"
+		result "scan_counts_vmlinux_$kind" "$(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["files"][0]["counts"]))' "$OUT/scan-vmlinux-$kind.json")"
+	done
 	result entries_mov_nop_ftpatch "$(count_entries "$OUT/vmlinux-ftpatch" mov)"
 	result entries_nop_nop_ftpatch "$(count_entries "$OUT/vmlinux-ftpatch" nop)"
 	result entries_mov_nop_stock "$(count_entries "$OUT/vmlinux-stock" mov)"
@@ -316,6 +323,8 @@ EOF
 	local sites=${RESULT[sites_in_vmlinux_o]} kernel_entries=${RESULT[ftrace_entries_ftpatch]}
 	[ "$kernel_entries" = "${RESULT[ftrace_entries_stock]}" ] ||
 		die "stock and ftpatch kernels record different entry counts: ${RESULT[ftrace_entries_stock]} vs $kernel_entries"
+	[ "$sites" = "$kernel_entries" ] ||
+		die "ftpatch rewrote $sites sites in vmlinux.o but the kernel recorded $kernel_entries"
 	[ "${RESULT[entries_nop_nop_ftpatch]}" -lt "${RESULT[entries_mov_nop_ftpatch]}" ] ||
 		die "vmlinux-ftpatch: functions do not start with mov x9, x30"
 	[ "${RESULT[entries_mov_nop_stock]}" -eq 0 ] || die "vmlinux-stock already has mov x9, x30 entries"

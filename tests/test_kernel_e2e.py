@@ -87,6 +87,20 @@ def test_every_site_rewritten_and_seen_by_the_kernel(summary: dict[str, object])
     assert "pristine" not in str(summary["scan_states"])
     assert "invalid" not in str(summary["scan_states"])
     assert summary["ftrace_entries_ftpatch"] == summary["ftrace_entries_stock"]
+    # ftpatch's reader on the linked images: every site rewritten in the
+    # ftpatch vmlinux, none in the stock one.
+    assert summary["scan_counts_vmlinux_ftpatch"] == {
+        "pristine": 0,
+        "rewritten": sites,
+        "invalid": 0,
+        "discarded": 0,
+    }
+    assert summary["scan_counts_vmlinux_stock"] == {
+        "pristine": sites,
+        "rewritten": 0,
+        "invalid": 0,
+        "discarded": 0,
+    }
     # objdump -d of the final vmlinux: functions start with the MOV now, and
     # none did in the stock build.
     assert summary["entries_mov_nop_stock"] == 0
