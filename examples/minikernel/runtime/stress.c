@@ -399,6 +399,10 @@ static void on_signal(int sig, siginfo_t *si, void *uc_)
 		put_hex(&p, (unsigned long)uc->uc_mcontext.pc);
 		put_str(&p, " addr=");
 		put_hex(&p, (unsigned long)si->si_addr);
+		put_str(&p, " x30=");
+		put_hex(&p, (unsigned long)uc->uc_mcontext.regs[30]);
+		put_str(&p, " x9=");
+		put_hex(&p, (unsigned long)uc->uc_mcontext.regs[9]);
 	}
 	put_str(&p, " bad_calls=");
 	put_hex(&p, ftrace_bad_calls());
