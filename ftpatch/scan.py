@@ -172,7 +172,11 @@ class _Classifier:
         n = len(offsets)
         if i < n and offsets[i] == r:
             # plain pristine: func: nop ; nop
-            if unpack(data, base + r)[0] == _NOP and unpack(data, base + r + 4)[0] == _NOP:
+            if (
+                unpack(data, base + r)[0] == _NOP
+                and unpack(data, base + r + 4)[0] == _NOP
+                and unpack(data, base + r - 4)[0] != _MOV  # else rewritten (see _site)
+            ):
                 v, name, state, mov = r, self.elf.symbol_name(indexes[i]), _PRISTINE, r
                 bti = False
             else:
@@ -270,6 +274,11 @@ class _Classifier:
             got = arm64.describe(w) if w is not None else "end of section"
             return f"expected {expected}, found {got}"
 
+        if word(r - 4) == arm64.MOV_X9_X30 and word(r) == arm64.NOP:
+            # The record on the nop after mov x9, x30 is what a rewrite leaves,
+            # whatever symbol a hostile or odd symtab puts at the BL slot;
+            # judging it by that symbol made ftpatch refuse its own output.
+            return self._by_words(record, r, word, loc_of, fo, name)
         if v is None or v < r - 8:
             # No symbol for this entry (hand-written code, stripped local):
             # judge by the words alone.

@@ -222,6 +222,9 @@ class ElfFile:
         return segments
 
     def _string(self, table_offset: int, table_size: int, index: int, what: str) -> str:
+        # The table may be any section a hostile sh_link names, SHT_NOBITS or
+        # SHT_NULL included, whose offset and size were never range-checked.
+        self.check_range(table_offset, table_size, f"{what}: string table")
         if index >= table_size:
             raise MalformedElfError(self.where(), f"{what}: string index {index} out of range")
         start = table_offset + index
@@ -346,6 +349,7 @@ class ElfFile:
         if tab is not None:
             strtab = self.section(tab.sh_link, "symtab sh_link")
             strtab_off, strtab_size = strtab.sh_offset, strtab.sh_size
+            self.check_range(strtab_off, strtab_size, "symbol string table")
         data = self.data
         for index, (st_name, st_info, _o, st_shndx, st_value, _sz) in enumerate(self._raw_symbols):
             st_type = st_info & 0xF

@@ -19,6 +19,7 @@ from ftpatch.elf.reader import (
     SHN_COMMON,
     SHN_LORESERVE,
     SHN_UNDEF,
+    SHT_NOBITS,
     SHT_REL,
     SHT_RELA,
     ElfFile,
@@ -74,6 +75,11 @@ def object_records(elf: ElfFile) -> list[RawRecord]:
     """The records of a relocatable object, in section then entry order."""
     records: list[RawRecord] = []
     for sec in records_sections(elf):
+        # sh_size counts the records: it must be bytes of the file, never a
+        # number a SHT_NOBITS (or SHT_NULL) header was free to make up.
+        if sec.sh_type == SHT_NOBITS:
+            raise MalformedElfError(elf.where(sec.name), "records section is SHT_NOBITS")
+        elf.check_range(sec.sh_offset, sec.sh_size, sec.name)
         count = sec.sh_size // RECORD_SIZE
         if sec.sh_size % RECORD_SIZE:
             raise MalformedElfError(
