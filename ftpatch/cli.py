@@ -320,6 +320,138 @@ def _run_many(
     return done
 
 
+@app.command()
+def verify(
+    files: FilesArg,
+    trampoline: Annotated[
+        str | None,
+        typer.Option(
+            "--trampoline",
+            metavar="SYMBOL|ADDRESS",
+            help="The BL target (linked images: checked for +-128 MiB reach; "
+            "default ftrace_caller when the image defines it).",
+        ),
+    ] = None,
+    scheme: Annotated[
+        str,
+        typer.Option(
+            "--scheme",
+            metavar="single-slot|two-slot",
+            help="single-slot: the runtime changes only the BL slot (ftpatch's contract). "
+            "two-slot: the runtime writes MOV then BL, as it must without the rewrite "
+            "(the verifier must find the counterexample).",
+        ),
+    ] = "single-slot",
+    sites: Annotated[
+        str,
+        typer.Option(
+            "--sites",
+            metavar="all|N",
+            help="Emulate every site, or N spread evenly (static checks cover all).",
+        ),
+    ] = "all",
+    json_: JsonOpt = False,
+) -> None:
+    """Prove each site safe to patch while other CPUs run it.
+
+    Static checks (layout MOV X9,X30 ; NOP with the record on the NOP,
+    alignment, relocations, one aligned word per runtime change within the
+    ARM DDI 0487 B2.2.5 permitted set, BL range) and an emulation with
+    unicorn of every old/new fetch interleaving of enable, disable and
+    retarget.  Exit 0 when every check holds, 1 when a site fails, 2 on
+    bad input.
+    """
+    import time
+
+    from ftpatch.verify import Scheme, verify_file
+    from ftpatch.verify.emulate import Engine
+    from ftpatch.verify.render import finding_lines, report_dict, summary_line, summary_table
+    from ftpatch.verify.render import totals as totals_line
+
+    try:
+        scheme_ = Scheme(scheme)
+    except ValueError:
+        _err(f"ftpatch verify: --scheme must be single-slot or two-slot, not {scheme!r}")
+        raise typer.Exit(EXIT_ERROR) from None
+    limit: int | None = None
+    if sites != "all":
+        if not sites.isdigit():
+            _err(f"ftpatch verify: --sites must be 'all' or a number, not {sites!r}")
+            raise typer.Exit(EXIT_ERROR)
+        limit = int(sites)
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    err_console = Console(stderr=True)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    bar: Progress | None = None
+    task = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar, task
+        if total < 500 or json_ or not err_console.is_terminal:
+            return
+        if bar is None:
+            bar = Progress(console=err_console, transient=True)
+            bar.start()
+        if task is None:
+            task = bar.add_task("verifying sites", total=total)
+        bar.update(task, completed=done)
+        if done == total:
+            bar.remove_task(task)
+            task = None
+
+    status = EXIT_OK
+    reports = []
+    docs: list[dict[str, Any]] = []
+    engine: Engine | None = None
+    started = time.perf_counter()
+    try:
+        for file in files:
+            path = str(file)
+            try:
+                if engine is None and limit != 0:
+                    engine = Engine()  # one emulator for every file
+                report = verify_file(
+                    path,
+                    scheme=scheme_,
+                    trampoline=trampoline,
+                    sites=limit,
+                    engine=engine,
+                    progress=progress,
+                )
+            except FtpatchError as exc:
+                _err(str(exc))
+                docs.append({"path": path, "error": str(exc)})
+                status = max(status, exc.exit_status)
+                continue
+            except Exception as exc:
+                _err(_internal(path, exc))
+                docs.append({"path": path, "error": _internal(path, exc)})
+                status = EXIT_ERROR
+                continue
+            reports.append(report)
+            status = max(status, report.exit_status)
+            if json_:
+                docs.append(report_dict(report))
+            else:
+                for line in finding_lines(report):
+                    _out(line)
+    finally:
+        if bar is not None:
+            bar.stop()
+    elapsed = time.perf_counter() - started
+    if json_:
+        _out(json.dumps({"files": docs, "exit_status": status}, indent=2))
+    elif len(reports) == 1:
+        _out(summary_line(reports[0]))
+    elif reports:
+        console.print(summary_table(reports))
+        _out(totals_line(reports, elapsed))
+    raise typer.Exit(status)
+
+
 def main() -> None:
     # Past RLIMIT_FSIZE a write must fail with EFBIG (reported, input intact),
     # not kill the process with SIGXFSZ.
