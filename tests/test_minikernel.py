@@ -107,8 +107,13 @@ def test_build_is_kbuild_style_and_every_traced_entry_is_rewritten(build: tuple[
             cc = lines.index(f"  CC      {variant}/{name}.o")
             assert lines[cc + 1] == f"  FTPATCH {variant}/{name}.o"
             assert lines.count(f"  FTPATCH {variant}/{name}.o") == 1
-        assert f"  LD      {variant}/stress" in lines
-    assert not [line for line in lines if line.startswith("  FTPATCH naive/")]
+        # Post-link: ftpatch verify on the linked image, right after the link.
+        ld = lines.index(f"  LD      {variant}/stress")
+        assert lines[ld + 1] == f"  VERIFY  {variant}/stress"
+        report = (out / variant / ".stress.verify").read_text()
+        assert "ok: 11 sites (executable, single-slot), 11 emulated" in report, report
+        assert " 0 violating, 0 findings" in report, report
+    assert not [line for line in lines if line.startswith(("  FTPATCH naive/", "  VERIFY  naive/"))]
     # Only the traced objects go through ftpatch.
     assert len([line for line in lines if line.startswith("  FTPATCH")]) == 2 * len(TRACED_OBJECTS)
     # Nothing left behind, and a second make has nothing to do.
@@ -144,6 +149,16 @@ def test_linked_images_have_the_sites_between_start_and_stop_mcount_loc(
         assert r.returncode == 0, r.stderr
         assert "11 records in 1 section" in r.stdout, r.stdout
         assert f"11 {state}" in r.stdout, r.stdout
+    # The naive image, verified for the scheme its runtime uses (MOV then BL at
+    # run time): the verifier finds the counterexample the stress run hits.
+    r = subprocess.run(
+        [sys.executable, "-m", "ftpatch", "verify", "--scheme", "two-slot",
+         str(out / "naive" / "stress")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL: 11 sites (executable, two-slot)" in r.stdout, r.stdout
+    assert "[cmodx-words] enable changes 2 words" in r.stdout, r.stdout
 
 
 @pytest.mark.toolchain
