@@ -2,12 +2,14 @@
 # End-to-end: a real Linux 6.1 arm64 kernel built with ftpatch boots and traces.
 #
 # From Debian's linux-source-6.1 this script builds, in one output directory
-# and incrementally, three arm64 tinyconfig+ftrace kernels:
+# and incrementally, four arm64 tinyconfig+ftrace kernels:
 #   stock     patches 0001 (inert hook, FTPATCH unset) + 0003 (timing print):
 #             the kernel writes MOV X9, X30 into every site at boot
 #   negative  FTPATCH set, so vmlinux.o is rewritten, but the arm64 ftrace
 #             code is stock (no 0002): must fail loudly (ftrace bug) at boot
 #   ftpatch   all three patches and FTPATCH set: must boot and trace
+#   unrewritten  all three patches, FTPATCH unset: the patched
+#             ftrace_init_nop() must refuse the NOPs (ftrace bug at boot)
 # boots each under qemu-system-aarch64 (-M virt, 4 CPUs; -nic none, as the
 # default NIC wants an iPXE ROM that is not installed) with the static init
 # from examples/kernel/init.c, judges every log, and writes
@@ -50,6 +52,7 @@ die() { printf 'E2E FAIL %s\n' "$*"; exit 1; }
 now() { date +%s.%N; }
 elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
 
+DEFERRED_FAIL=()    # failures that do not stop the run
 declare -A RESULT   # key -> value, written to summary.json at the end
 result() { RESULT[$1]=$2; printf 'E2E %s=%s\n' "$1" "$2"; }
 
@@ -150,21 +153,23 @@ build() {
 	result "build_seconds_$name" "$(elapsed "$t0" "$t1")"
 }
 
-# count_entries VMLINUX KIND: functions whose first two instructions are
-# "mov x9, x30; nop" (KIND=mov) or "nop; nop" (KIND=nop), from objdump -d.
-count_entries() {
-	${CROSS}objdump -d --no-show-raw-insn "$1" | awk -v kind="$2" '
-		/^[0-9a-f]+ <.*>:$/ { n = 0; first = ""; next }
-		/^ *[0-9a-f]+:\t/ {
-			n++
-			split($0, f, "\t"); insn = f[2]; sub(/[ \t]+$/, "", f[3]); if (f[3] != "") insn = insn " " f[3]
-			if (n == 1) first = insn
-			if (n == 2) {
-				if (kind == "mov" && first == "mov x9, x30" && insn == "nop") c++
-				if (kind == "nop" && first == "nop" && insn == "nop") c++
-			}
-		}
-		END { print c + 0 }'
+# objdump_check KIND: with binutils objdump (independent of ftpatch), look at
+# every site that "ftpatch scan" lists in vmlinux-KIND and count those whose
+# instructions are as expected: "mov x9, x30" then the record's "nop" (the BL
+# slot) for the rewritten kernel, "nop; nop" from the record for stock.
+objdump_check() {
+	local kind=$1
+	${CROSS}objdump -d --no-show-raw-insn "$OUT/vmlinux-$kind" > "$OUT/objdump-$kind.txt"
+	python3 - "$OUT/objdump-$kind.txt" "$OUT/scan-vmlinux-$kind.json" "$kind" <<'EOF'
+import json, re, sys
+insn = {}
+for m in re.finditer(r"^ *([0-9a-f]+):\t(\S+)(?:\t(.*\S))?", open(sys.argv[1]).read(), re.M):
+    insn[int(m.group(1), 16)] = " ".join(filter(None, (m.group(2), m.group(3))))
+sites = json.load(open(sys.argv[2]))["files"][0]["sites"]
+want = (("mov x9, x30", -4), ("nop", 0)) if sys.argv[3] == "ftpatch" else (("nop", 0), ("nop", 4))
+ok = sum(all(insn.get(s["target_address"] + d) == w for w, d in want) for s in sites)
+print(f"{ok}")
+EOF
 }
 
 # boot NAME SWITCHES GRAPH: one qemu boot of Image-NAME, log in boot-NAME[-try].log
@@ -291,18 +296,30 @@ EOF
 		$FTPATCH_CMD scan "$OUT/vmlinux-$kind" --json > "$OUT/scan-vmlinux-$kind.json"
 		result "scan_counts_vmlinux_$kind" "$(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["files"][0]["counts"]))' "$OUT/scan-vmlinux-$kind.json")"
 	done
-	result entries_mov_nop_ftpatch "$(count_entries "$OUT/vmlinux-ftpatch" mov)"
-	result entries_nop_nop_ftpatch "$(count_entries "$OUT/vmlinux-ftpatch" nop)"
-	result entries_mov_nop_stock "$(count_entries "$OUT/vmlinux-stock" mov)"
-	result entries_nop_nop_stock "$(count_entries "$OUT/vmlinux-stock" nop)"
+	result objdump_mov_nop_sites_ftpatch "$(objdump_check ftpatch)"
+	result objdump_nop_nop_sites_stock "$(objdump_check stock)"
+	# A verify failure is reported now and fails the run at the end, after
+	# the boots, so one run shows everything.
 	if $FTPATCH_CMD verify --help >/dev/null 2>&1; then
-		$FTPATCH_CMD verify "$OUT/vmlinux-ftpatch" > "$OUT/verify.log" 2>&1 ||
-			{ cat "$OUT/verify.log"; die "ftpatch verify vmlinux failed"; }
-		result verify '"passed"'
+		if $FTPATCH_CMD verify "$OUT/vmlinux-ftpatch" > "$OUT/verify.log" 2>&1; then
+			result verify '"passed"'
+		else
+			tail -3 "$OUT/verify.log"
+			result verify "\"failed: $(tail -1 "$OUT/verify.log" | sed 's/.*FAIL: //; s/"//g') (see $OUT/verify.log)\""
+			DEFERRED_FAIL+=("ftpatch verify $OUT/vmlinux-ftpatch failed")
+		fi
 	else
 		printf 'E2E SKIP ftpatch verify: "%s verify --help" does not work yet\n' "$FTPATCH_CMD"
 		result verify '"skipped: ftpatch verify not available"'
 	fi
+
+	# 4. unrewritten: the ftpatch kernel code (0002) with FTPATCH unset, so
+	#    vmlinux.o is relinked from vmlinux.a and not rewritten: the patched
+	#    ftrace_init_nop() must refuse the NOPs.
+	unset FTPATCH
+	rm -f "$BUILD/vmlinux.o" "$BUILD/vmlinux"
+	build unrewritten
+	grep -q 'FTPATCH  *vmlinux.o' "$OUT/build-unrewritten.log" && die "unrewritten build ran ftpatch"
 
 	# Boots.
 	boot_expect_pass ftpatch "$SWITCHES" 3
@@ -319,17 +336,32 @@ EOF
 	grep -q '^FTPATCH-E2E: PASS' "$BOOT_LOG" && die "negative kernel's init reported PASS"
 	result negative_ftrace_bug '"yes"'
 
+	REUSE_BOOT_LOG=0 boot unrewritten 2 1
+	verdict=$(judge "$BOOT_LOG")
+	result boot_seconds_unrewritten "$BOOT_SECONDS"
+	result boot_log_unrewritten "\"$BOOT_LOG\""
+	result boot_verdict_unrewritten "\"$verdict\""
+	grep -q 'ftrace bug' "$BOOT_LOG" && grep -q 'expected 0xaa1e03e9 (not rewritten by ftpatch?)' "$BOOT_LOG" ||
+		die "unrewritten kernel (patched ftrace_init_nop, vmlinux.o not rewritten) did not refuse the sites"
+	grep -q '^FTPATCH-E2E: PASS' "$BOOT_LOG" && die "unrewritten kernel's init reported PASS"
+	result unrewritten_ftrace_bug '"yes"'
+
 	# Sites against what the kernel saw, and the entry instructions.
 	local sites=${RESULT[sites_in_vmlinux_o]} kernel_entries=${RESULT[ftrace_entries_ftpatch]}
 	[ "$kernel_entries" = "${RESULT[ftrace_entries_stock]}" ] ||
 		die "stock and ftpatch kernels record different entry counts: ${RESULT[ftrace_entries_stock]} vs $kernel_entries"
 	[ "$sites" = "$kernel_entries" ] ||
 		die "ftpatch rewrote $sites sites in vmlinux.o but the kernel recorded $kernel_entries"
-	[ "${RESULT[entries_nop_nop_ftpatch]}" -lt "${RESULT[entries_mov_nop_ftpatch]}" ] ||
-		die "vmlinux-ftpatch: functions do not start with mov x9, x30"
-	[ "${RESULT[entries_mov_nop_stock]}" -eq 0 ] || die "vmlinux-stock already has mov x9, x30 entries"
+	[ "${RESULT[objdump_mov_nop_sites_ftpatch]}" = "$sites" ] ||
+		die "objdump: only ${RESULT[objdump_mov_nop_sites_ftpatch]} of $sites sites in vmlinux-ftpatch are mov x9, x30; nop"
+	[ "${RESULT[objdump_nop_nop_sites_stock]}" = "$sites" ] ||
+		die "objdump: only ${RESULT[objdump_nop_nop_sites_stock]} of $sites sites in vmlinux-stock are nop; nop"
 
 	write_summary
+	if [ ${#DEFERRED_FAIL[@]} -gt 0 ]; then
+		printf 'E2E FAIL %s\n' "${DEFERRED_FAIL[@]}"
+		exit 1
+	fi
 	printf 'E2E PASS: %s patch sites in vmlinux.o; the kernel saw %s; ftrace_init %s ms (ftpatch) vs %s ms (stock)\n' \
 		"$sites" "$kernel_entries" "${RESULT[ftrace_init_ms_ftpatch]}" "${RESULT[ftrace_init_ms_stock]}"
 }
