@@ -42,7 +42,7 @@ KMAKE=(make -C "$SRC" O="$BUILD" ARCH=arm64 CROSS_COMPILE=$CROSS -j"$JOBS")
 
 # Every kernel option the test depends on; checked in the final .config.
 REQUIRED_Y=(SMP CC_OPTIMIZE_FOR_PERFORMANCE ARM_AMBA SERIAL_AMBA_PL011
-	SERIAL_AMBA_PL011_CONSOLE TTY PRINTK BLK_DEV_INITRD BINFMT_ELF PROC_FS
+	SERIAL_AMBA_PL011_CONSOLE TTY PRINTK BUG DEBUG_BUGVERBOSE BLK_DEV_INITRD BINFMT_ELF PROC_FS
 	SYSFS DEVTMPFS KALLSYMS FTRACE TRACING FUNCTION_TRACER
 	FUNCTION_GRAPH_TRACER DYNAMIC_FTRACE DYNAMIC_FTRACE_WITH_REGS
 	FTRACE_MCOUNT_USE_PATCHABLE_FUNCTION_ENTRY FTRACE_STARTUP_TEST)
@@ -206,12 +206,17 @@ judge() {
 	if [ ${#reasons[@]} -eq 0 ]; then
 		echo pass
 	# The known flake of the stock 6.1 "Testing dynamic ftrace" self-test
-	# under qemu: the one FAILED is that test's "filter did not filter",
-	# its one WARNING is run_tracer_selftest's WARN_ON after it, and there
-	# is no ftrace bug, Oops or panic. (The failed self-test leaves the
-	# function tracer unregistered, so the init then fails too.)
-	elif grep -q 'filter did not filter' "$logf" && [ "$failed" -eq 1 ] &&
-		[ "$warnings" -eq 1 ] && grep -q 'WARNING: .* kernel/trace/trace.c:[0-9]* run_tracer_selftest' "$logf" &&
+	# under qemu: ".. filter did not filter .. FAILED!".  Its error path
+	# skips the tracer reset, and the function_graph self-test after it
+	# fails to init (-19, seen at least once); the function tracer stays
+	# unregistered, so the init fails too.  Flake = those FAILED lines and nothing else: every WARNING is
+	# run_tracer_selftest's WARN_ON after a FAILED, and there is no ftrace
+	# bug, Oops or panic.
+	elif grep -q 'filter did not filter' "$logf" &&
+		[ "$failed" -le 2 ] &&
+		{ [ "$failed" -eq 1 ] || grep -q 'Failed to init function_graph tracer, init returned -19' "$logf"; } &&
+		[ "$warnings" -eq "$failed" ] &&
+		[ "$(grep 'WARNING:' "$logf" | grep -c 'run_tracer_selftest')" -eq "$warnings" ] &&
 		! grep -qE 'ftrace bug|Oops|Internal error:|Kernel panic' "$logf"; then
 		echo flake
 	else
