@@ -395,7 +395,10 @@ def _verify_available() -> bool:
     try:
         from ftpatch.cli import app
 
-        return any(c.name == "verify" for c in app.registered_commands)
+        return any(
+            (c.name or getattr(c.callback, "__name__", "")) == "verify"
+            for c in app.registered_commands
+        )
     except Exception:  # pragma: no cover - cli being edited
         return False
 
@@ -502,14 +505,20 @@ def _check_result(
 
 
 def _verify(path: Path) -> str:
+    import json
+
     from ftpatch.verify import verify_file
+    from ftpatch.verify.render import finding_lines, report_dict, summary_line
 
     try:
         report = verify_file(str(path), sites=2)
     except FtpatchError as exc:
         _one_line(exc, "verify")
         return type(exc).__name__
-    return "failed" if not getattr(report, "ok", True) else "ok"
+    summary_line(report)
+    finding_lines(report)
+    json.dumps(report_dict(report))
+    return "failed" if report.errors else "ok"
 
 
 def check_cli(path: Path, *commands: str) -> None:

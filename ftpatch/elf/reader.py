@@ -51,6 +51,19 @@ SYM_SIZE = 24
 RELA_SIZE = 24
 
 
+def _printable(raw: bytes) -> str:
+    """A name from a string table, safe to print on one line.
+
+    Names end up in one-line messages (``file: func+0x4: what``) and in
+    terminals: a control character (a newline, an escape sequence) from a
+    hostile string table is shown escaped, like invalid UTF-8.
+    """
+    text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 @dataclass(frozen=True)
 class Section:
     index: int
@@ -231,7 +244,7 @@ class ElfFile:
         end = self.data.find(b"\0", start, table_offset + table_size)
         if end < 0:
             raise MalformedElfError(self.where(), f"{what}: unterminated string")
-        return bytes(self.data[start:end]).decode("utf-8", "replace")
+        return _printable(bytes(self.data[start:end]))
 
     def section(self, index: int, what: str = "section index") -> Section:
         if not 0 <= index < len(self.sections):
@@ -315,7 +328,7 @@ class ElfFile:
         end = strings.find(b"\0", start)
         if start >= len(strings) or end < 0:
             return self.symbol(index).name  # raises the precise error
-        return strings[start:end].decode("utf-8", "replace")
+        return _printable(strings[start:end])
 
     def iter_symbols(self) -> Iterator[Symbol]:
         for i in range(len(self._raw_symbols)):

@@ -77,13 +77,53 @@ def _write_all(fd: int, content: bytearray) -> None:
         view = view[n:]
 
 
+TMP_SUFFIX = ".ftpatch-tmp"
+
+
+def temp_path(dest: str) -> str:
+    """The temporary file of an in-place rewrite of ``dest``: ``.NAME.ftpatch-tmp``.
+
+    One fixed name per file: only the holder of ``locked(dest)`` writes it,
+    so one left by a killed run (SIGKILL, power loss) is stale by the time
+    anyone else holds the lock, and the next in-place run replaces it.
+    """
+    head, tail = os.path.split(dest)
+    return os.path.join(head, "." + tail + TMP_SUFFIX)
+
+
+def _create_temp(dest: str, in_place: bool) -> tuple[int, str]:
+    if not in_place:
+        # -o OUT: not serialised by the lock on the input; a random name.
+        return tempfile.mkstemp(
+            prefix="." + os.path.basename(dest) + ".",
+            suffix=TMP_SUFFIX,
+            dir=os.path.dirname(os.path.abspath(dest)),
+        )
+    path = temp_path(dest)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # stale: its writer died holding the lock we now hold
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    return os.open(path, flags, 0o600), path
+
+
 def write_plan(plan: Plan, source: str, data: bytes | memoryview | object, dest: str) -> None:
     """Write ``source`` with ``plan`` applied to ``dest`` (may equal ``source``).
 
     ``data`` is the content the plan was made from; each edit's expected bytes
-    are checked against it before anything is written.
+    are checked against it before anything is written.  In place (``dest``
+    is ``source``) the caller holds ``locked(source)``.
     """
     view = memoryview(data)  # type: ignore[arg-type]
+    try:
+        _write_plan(plan, source, view, dest)
+    finally:
+        # Release the buffer even when an error's traceback keeps this frame
+        # alive: the caller then closes the mmap, which raises BufferError
+        # (an "internal error" in place of the real one) while views exist.
+        view.release()
+
+
+def _write_plan(plan: Plan, source: str, view: memoryview, dest: str) -> None:
     for edit in plan.edits:
         found = bytes(view[edit.file_offset : edit.file_offset + len(edit.old)])
         if found != edit.old:
@@ -92,6 +132,10 @@ def write_plan(plan: Plan, source: str, data: bytes | memoryview | object, dest:
                 f"expected bytes {edit.old.hex()} at file offset {edit.file_offset:#x}, "
                 f"found {found.hex()}",
             )
+    if dest != source and os.path.islink(dest):
+        # -o LINK writes the link's target and keeps the link, as ld does
+        # and as an in-place rewrite of a link does.
+        dest = os.path.realpath(dest)
     dest_dir = os.path.dirname(os.path.abspath(dest))
     try:
         src_fd = os.open(source, os.O_RDONLY)
@@ -101,11 +145,11 @@ def write_plan(plan: Plan, source: str, data: bytes | memoryview | object, dest:
     try:
         st = os.fstat(src_fd)
         mode = stat.S_IMODE(st.st_mode)
+        owner = st.st_uid, st.st_gid
         if dest != source and os.path.exists(dest):
-            mode = stat.S_IMODE(os.stat(dest).st_mode)
-        tmp_fd, tmp_path = tempfile.mkstemp(
-            prefix="." + os.path.basename(dest) + ".", suffix=".ftpatch-tmp", dir=dest_dir
-        )
+            dest_st = os.stat(dest)
+            mode, owner = stat.S_IMODE(dest_st.st_mode), (dest_st.st_uid, dest_st.st_gid)
+        tmp_fd, tmp_path = _create_temp(dest, dest == source)
         try:
             if plan.edits:
                 # Apply the edits to one in-memory copy and write it in one go:
@@ -117,6 +161,10 @@ def write_plan(plan: Plan, source: str, data: bytes | memoryview | object, dest:
                 del content
             else:
                 _copy(src_fd, tmp_fd, st.st_size)
+            # The new inode keeps the owner (root rewriting a user's build
+            # tree) where permitted; fchown clears set-id bits, so it goes first.
+            with contextlib.suppress(PermissionError):
+                os.fchown(tmp_fd, *owner)
             os.fchmod(tmp_fd, mode)
             os.fsync(tmp_fd)
         finally:
