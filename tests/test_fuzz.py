@@ -36,6 +36,8 @@ REGRESSIONS = sorted(ftfuzz.REGRESSIONS.glob("*.elf"))
 # verify only on request; the long campaigns always do.
 FUZZ_VERIFY = ftfuzz.VERIFY and os.environ.get("FTPATCH_FUZZ_VERIFY") == "1"
 KNOWN_VERIFY_BUGS = {p.name for p in REGRESSIONS if p.name.startswith("verify-")}
+# Found, reported, not fixed here (the code is not this module's to change).
+KNOWN_UNFIXED = KNOWN_VERIFY_BUGS | {"image-site-at-end-of-text-refused-after-rewrite.elf"}
 # Seeds take milliseconds; a 3 s budget still catches a loop over a hostile count.
 LIMIT = 3.0
 
@@ -139,8 +141,8 @@ def test_fuzz_through_the_cli(
         pytest.param(
             p,
             id=p.stem,
-            marks=[pytest.mark.xfail(reason="verify bug, reported", raises=ftfuzz.Bug)]
-            if p.name in KNOWN_VERIFY_BUGS
+            marks=[pytest.mark.xfail(reason="known bug, reported", raises=ftfuzz.Bug)]
+            if p.name in KNOWN_UNFIXED
             else [],
         )
         for p in REGRESSIONS
