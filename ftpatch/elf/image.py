@@ -223,7 +223,7 @@ def image_records(
                 else f"record points at {value:#x}, outside any code section"
             )
             problem = "discarded: " + problem
-        elif target is not None and offset > target.sh_size - 8:
+        elif target is not None and offset > target.sh_size - 4:
             problem = f"record points at {value:#x}, too close to the end of {target.name}"
         records.append(
             RawRecord(pseudo, index, value_file_offset, value, target, offset, problem, mirror)
