@@ -231,3 +231,18 @@ def test_many_files_in_parallel_and_directories(tmp_path: Path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1 and "bad_func+0x0" in r.stderr
     again = ftpatch("rewrite", "--check", "-q", "-r", "-j", "1", tmp_path / "tree" / "gcc-bti")
     assert again.returncode == 0 and again.stdout == ""
+
+
+def test_verify_site_whose_function_has_no_symbol(tmp_path: Path) -> None:
+    """Regression (kernel e2e, 40 of 9,427 sites): a function without a symbol of
+    its own was emulated from the enclosing symbol's start instead of its entry."""
+    objs = objects(tmp_path, "gcc-plain")
+    exe = tmp_path / "static"
+    sh("aarch64-linux-gnu-gcc", "-static", "-o", exe, *objs)
+    assert ftpatch("rewrite", exe).returncode == 0
+    sh("aarch64-linux-gnu-strip", "--strip-symbol=mulmod", exe)
+    doc = scan(exe)
+    assert not any(s["location"].startswith("mulmod") for s in doc["sites"])
+    r = ftpatch("verify", "--trampoline", "0x400000", exe)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 violating" in r.stdout

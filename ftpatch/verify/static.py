@@ -339,7 +339,17 @@ class FileChecker:
         for t in transitions:
             findings.extend(self._cmodx_findings(site, index, sec, t))
 
-        entry = f if f is not None else (mov if mov is not None else None)
+        # Run from the function's entry; when the site's symbol is not its own
+        # (a local function without a symbol in a linked image, whose place is
+        # named after an enclosing symbol), from the entry words themselves.
+        entry: int | None
+        if f is not None and (mov is None or mov - 4 <= f <= mov):
+            entry = f
+        elif mov is not None:
+            before = self.word(sec, mov - 4)
+            entry = mov - 4 if before in arm64.BTI_LANDING_PADS else mov
+        else:
+            entry = None
         stores = tuple(
             tuple(Store(self.address(sec, o), old, new) for o, old, new in t.stores)
             for t in transitions
