@@ -13,7 +13,7 @@ from __future__ import annotations
 import mmap
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -407,8 +407,3 @@ class _Classifier:
         return Site(
             record, loc_of(bad), name, None, State.INVALID, f"expected nop (d503201f), found {text}"
         )
-
-
-def iter_sites(results: Iterable[ScanResult]) -> Iterable[Site]:
-    for result in results:
-        yield from result.sites

@@ -30,11 +30,16 @@ from ftpatch.errors import MalformedElfError
 RECORDS_SECTION = "__patchable_function_entries"
 RECORD_SIZE = 8
 
+# Names for messages (AAELF64 5.7); any other type is printed by number.
 _RELOC_NAMES = {
     257: "R_AARCH64_ABS64",
     258: "R_AARCH64_ABS32",
     260: "R_AARCH64_PREL64",
     261: "R_AARCH64_PREL32",
+    275: "R_AARCH64_ADR_PREL_PG_HI21",
+    277: "R_AARCH64_ADD_ABS_LO12_NC",
+    282: "R_AARCH64_JUMP26",
+    283: "R_AARCH64_CALL26",
     1027: "R_AARCH64_RELATIVE",
 }
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ftpatch import arm64
 from ftpatch.elf.reader import SHT_RELA, ElfFile, Section
-from ftpatch.elf.records import RECORDS_SECTION
+from ftpatch.elf.records import RECORDS_SECTION, reloc_name
 from ftpatch.model import Location, Site, State
 from ftpatch.scan import ScanResult
 from ftpatch.verify.emulate import Case, Store
@@ -46,26 +46,10 @@ from ftpatch.verify.findings import (
 SYNTHETIC_BASE = 0x4000_0000
 MAX_PREFIX_SCAN = 4  # words looked at before a function symbol
 
-_RELOC_NAMES = {
-    257: "R_AARCH64_ABS64",
-    258: "R_AARCH64_ABS32",
-    260: "R_AARCH64_PREL64",
-    261: "R_AARCH64_PREL32",
-    275: "R_AARCH64_ADR_PREL_PG_HI21",
-    277: "R_AARCH64_ADD_ABS_LO12_NC",
-    282: "R_AARCH64_JUMP26",
-    283: "R_AARCH64_CALL26",
-    1027: "R_AARCH64_RELATIVE",
-}
-
 
 def _reloc_size(r_type: int) -> int:
     """Bytes a relocation writes (AAELF64 5.7): 8 for the 64-bit data ones, else 4."""
     return 8 if r_type in (257, 260, 1024, 1025, 1026, 1027, 1028, 1030, 1031) else 4
-
-
-def reloc_name(r_type: int) -> str:
-    return _RELOC_NAMES.get(r_type, f"relocation type {r_type}")
 
 
 def _describe(word: int, address: int, names: dict[int, str]) -> str:
