@@ -67,6 +67,17 @@ def ftpatch(*args: str | Path, cwd: Path | None = None) -> Run:
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
+def rewritten(tmp_path: Path, name: str) -> Path:
+    """A copy of fixture ``name`` in ``tmp_path``, rewritten by ftpatch in-process."""
+    from ftpatch.rewrite import rewrite_file
+
+    dest = tmp_path / Path(name).name
+    shutil.copyfile(fixture_path(name), dest)
+    dest.chmod(0o644)
+    rewrite_file(str(dest))
+    return dest
+
+
 @pytest.fixture
 def copy_fixture(tmp_path: Path):  # type: ignore[no-untyped-def]
     def copy(name: str) -> Path:

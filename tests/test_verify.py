@@ -8,17 +8,15 @@ fixtures at offsets computed with pyelftools (not with ftpatch's reader).
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import GOOD_OBJECTS, MANIFEST, fixture_path, ftpatch, require
+from conftest import GOOD_OBJECTS, MANIFEST, fixture_path, ftpatch, require, rewritten
 from elftools.elf.elffile import ELFFile
 
-from ftpatch.rewrite import rewrite_file
 from ftpatch.verify import Scheme, VerifyReport, verify_file
 from ftpatch.verify.emulate import GARBAGE_X9, Engine
 from ftpatch.verify.render import finding_lines, report_dict, summary_line, trace_lines
@@ -31,14 +29,6 @@ BTI_C = 0xD503245F  # bti c
 
 PREFIX42 = {e["path"] for e in MANIFEST["objects"] if "=4,2" in e["command"]}
 SITE_OBJECTS = [o for o in GOOD_OBJECTS if o != "obj/gcc-norecords.o"]
-
-
-def rewritten(tmp_path: Path, name: str) -> Path:
-    dest = tmp_path / Path(name).name
-    shutil.copyfile(fixture_path(name), dest)
-    dest.chmod(0o644)
-    rewrite_file(str(dest))
-    return dest
 
 
 def checks(report: VerifyReport) -> set[str]:

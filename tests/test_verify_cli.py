@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from conftest import fixture_path, ftpatch
-
-from ftpatch.rewrite import rewrite_file
-
-
-def rewritten(tmp_path: Path, name: str) -> Path:
-    dest = tmp_path / Path(name).name
-    shutil.copyfile(fixture_path(name), dest)
-    dest.chmod(0o644)
-    rewrite_file(str(dest))
-    return dest
+from conftest import fixture_path, ftpatch, rewritten
 
 
 def test_clean_object_exits_0(tmp_path: Path) -> None:
