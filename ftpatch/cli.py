@@ -162,29 +162,35 @@ def _rewrite_one(
     dry_run: bool,
     quiet: bool,
     records: RecordsMode,
+    detail: bool = False,
 ) -> _Outcome:
     from ftpatch.report import plan_lines, rewrite_dict, rewrite_line
     from ftpatch.rewrite import rewrite_file
 
     try:
-        result = rewrite_file(path, output, check=check, dry_run=dry_run, records_mode=records)
+        result = rewrite_file(
+            path, output, check=check, dry_run=dry_run, records_mode=records, detail=detail
+        )
     except FtpatchError as exc:
         return _Outcome(exc.exit_status, (), (str(exc),), {"path": path, "error": str(exc)})
     except Exception as exc:
         msg = _internal(path, exc)
         return _Outcome(EXIT_ERROR, (), (msg,), {"path": path, "error": msg})
-    status = EXIT_FINDINGS if check and result.plan.changes else EXIT_OK
+    status = EXIT_FINDINGS if check and result.changes else EXIT_OK
     lines: list[str] = []
-    if not quiet or (check and result.plan.changes):
+    if not quiet or (check and result.changes):
         lines.append(rewrite_line(result, check=check, dry_run=dry_run))
     if dry_run:
         lines.extend(plan_lines(result))
+    # Discarded records exist in linked images only, which the general path
+    # (and so a Plan) always handles.
     warnings = tuple(
         f"{site.location}: warning: {site.reason}, left alone"
-        for site in result.plan.sites
+        for site in (result.plan.sites if result.plan else ())
         if site.state is State.DISCARDED
     )
-    return _Outcome(status, tuple(lines), warnings, rewrite_dict(result))
+    doc = rewrite_dict(result) if detail else {}
+    return _Outcome(status, tuple(lines), warnings, doc)
 
 
 def _default_jobs() -> int:
@@ -236,7 +242,13 @@ def rewrite(
         raise typer.Exit(EXIT_ERROR)
     out = str(output) if output else None
     work = functools.partial(
-        _rewrite_one, output=out, check=check, dry_run=dry_run, quiet=quiet, records=mode
+        _rewrite_one,
+        output=out,
+        check=check,
+        dry_run=dry_run,
+        quiet=quiet,
+        records=mode,
+        detail=json_ or dry_run,
     )
     outcomes = _run_many(work, paths, jobs or _default_jobs(), stream=not json_)
     if json_:

@@ -89,10 +89,12 @@ def edit_dict(edit: Edit) -> dict[str, Any]:
 
 
 def rewrite_dict(result: RewriteResult) -> dict[str, Any]:
+    """Needs the result's Plan: rewrite_file(..., detail=True)."""
+    assert result.plan is not None
     return {
         "path": result.path,
         "output": result.output,
-        "sites": len(result.plan.sites),
+        "sites": result.sites,
         "pristine": result.pristine,
         "already_rewritten": result.rewritten,
         "edits": [edit_dict(e) for e in result.plan.edits],
@@ -102,7 +104,7 @@ def rewrite_dict(result: RewriteResult) -> dict[str, Any]:
 
 def rewrite_line(result: RewriteResult, *, check: bool = False, dry_run: bool = False) -> str:
     path = result.path
-    n = len(result.plan.sites)
+    n = result.sites
     if n == 0:
         return f"{path}: no patchable function entries, nothing to do"
     if result.pristine == 0:
@@ -114,6 +116,8 @@ def rewrite_line(result: RewriteResult, *, check: bool = False, dry_run: bool = 
 
 
 def plan_lines(result: RewriteResult) -> list[str]:
+    """Needs the result's Plan: rewrite_file(..., detail=True)."""
+    assert result.plan is not None
     lines = []
     for e in result.plan.edits:
         lines.append(

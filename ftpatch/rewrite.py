@@ -6,31 +6,32 @@ did.  ``check`` and ``dry_run`` stop after the plan.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from dataclasses import dataclass
 
-from ftpatch.elf.writer import locked, write_plan
+from ftpatch.elf.reader import open_elf
+from ftpatch.elf.writer import locked, write_plan, write_regions
 from ftpatch.errors import FtpatchError
+from ftpatch.fastpath import plan_object
 from ftpatch.model import Location, Plan, RecordsMode, State
 from ftpatch.plan import plan_rewrite
-from ftpatch.scan import scan_file
+from ftpatch.scan import scan_elf
 
 
 @dataclass(frozen=True)
 class RewriteResult:
     path: str
     output: str
-    plan: Plan
+    sites: int
+    pristine: int  # sites this rewrite changes (or would change)
+    rewritten: int  # sites found already rewritten
+    changes: bool
     written: bool  # a file was written (output differs from input, or -o given)
-
-    @property
-    def pristine(self) -> int:
-        return sum(1 for s in self.plan.sites if s.state is State.PRISTINE)
-
-    @property
-    def rewritten(self) -> int:
-        return sum(1 for s in self.plan.sites if s.state is State.REWRITTEN)
+    # The whole plan, site by site, when the general path made it (always
+    # with detail=True); None when the columnar fast path did (fastpath.py).
+    plan: Plan | None = None
 
 
 def rewrite_file(
@@ -40,7 +41,14 @@ def rewrite_file(
     check: bool = False,
     dry_run: bool = False,
     records_mode: RecordsMode = "auto",
+    detail: bool = False,
 ) -> RewriteResult:
+    """Rewrite one file (in place, or to ``output``); ``detail`` keeps the Plan.
+
+    Compiler-made objects take the columnar fast path unless ``detail`` asks
+    for every site and edit (``--dry-run``, ``--json``); the result and the
+    bytes written are the same either way (tests/test_fastpath.py).
+    """
     # Rewriting in place through a symlink rewrites its target and keeps the link.
     source = os.path.realpath(path)
     dest = source if output is None else output
@@ -55,11 +63,34 @@ def rewrite_file(
                 Location(path), "file is read-only; refusing to rewrite it in place (use -o)"
             )
     with locked(source):
-        with scan_file(source, records_mode) as result:
-            plan = plan_rewrite(path, result.sites, big_endian=result.elf.big_endian)
-            if check or dry_run:
-                return RewriteResult(path, shown, plan, False)
-            if not plan.changes and output is None:
-                return RewriteResult(path, shown, plan, False)
-            write_plan(plan, source, result._data, dest)
-            return RewriteResult(path, shown, plan, True)
+        elf, data = open_elf(source)
+        try:
+            fast = None if detail else plan_object(elf)
+            if fast is not None:
+                changes = bool(fast.regions)
+                result = RewriteResult(
+                    path, shown, fast.sites, fast.pristine, fast.rewritten, changes, False
+                )
+                if check or dry_run or (not changes and output is None):
+                    return result
+                write_regions(source, dest, fast.regions)
+                return dataclasses.replace(result, written=True)
+            sites = scan_elf(elf, records_mode)
+            plan = plan_rewrite(path, sites, big_endian=elf.big_endian)
+            result = RewriteResult(
+                path,
+                shown,
+                len(sites),
+                sum(1 for s in sites if s.state is State.PRISTINE),
+                sum(1 for s in sites if s.state is State.REWRITTEN),
+                plan.changes,
+                False,
+                plan,
+            )
+            if check or dry_run or (not plan.changes and output is None):
+                return result
+            write_plan(plan, source, data, dest)
+            return dataclasses.replace(result, written=True)
+        finally:
+            if hasattr(data, "close"):
+                data.close()

@@ -51,7 +51,7 @@ from ftpatch.elf.reader import (
     ElfFile,
 )
 from ftpatch.elf.records import RECORDS_SECTION
-from ftpatch.errors import FtpatchError
+from ftpatch.errors import FtpatchError, WriteError
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures" / "obj"
@@ -449,6 +449,17 @@ def check(
             except FtpatchError as exc:
                 _one_line(exc, "scan")
                 scan_state = type(exc).__name__
+            # The general path's plan, site by site (what --dry-run shows): the
+            # rewrite below, which takes the columnar fast path when it can
+            # (ftpatch/fastpath.py), must write exactly these edits.
+            planned: list[tuple[int, bytes]] | None = None
+            planned_error: str | None = None
+            try:
+                dry = rewrite_file(str(path), dry_run=True, detail=True)
+                assert dry.plan is not None
+                planned = [(e.file_offset, e.new) for e in dry.plan.edits]
+            except FtpatchError as exc:
+                planned_error = str(exc)
             try:
                 rw = rewrite_file(str(path))
             except FtpatchError as exc:
@@ -456,16 +467,18 @@ def check(
                 rewrite_state = type(exc).__name__
                 if path.read_bytes() != data:
                     raise Bug(f"rewrite failed ({exc}) and changed its input") from None
+                if planned is not None and not isinstance(exc, WriteError):
+                    raise Bug(f"the plan succeeded but the rewrite failed: {exc}") from None
             else:
                 after = path.read_bytes()
                 rewrite_state = "written" if rw.written else "unchanged"
-                _check_result(
-                    data, after, rw.written, [(e.file_offset, e.new) for e in rw.plan.edits]
-                )
+                if planned is None:
+                    raise Bug(f"the rewrite succeeded but its plan failed: {planned_error}")
+                _check_result(data, after, rw.written, planned)
                 if scan_state != "ok":
                     raise Bug(f"scan failed ({scan_state}) but rewrite succeeded")
                 again = rewrite_file(str(path))
-                if again.written or again.plan.changes:
+                if again.written or again.changes:
                     raise Bug("a second rewrite of the output changes it again")
                 if path.read_bytes() != after:
                     raise Bug("a second rewrite touched the output")

@@ -4,7 +4,8 @@ recordmcount's habits: check the exact bytes before patching, write a
 temporary file beside the target, fsync it, rename it over the target, so a
 crash or a full disk leaves either the original or the complete rewrite.
 The rest of the file is copied by the kernel (``copy_file_range``) and never
-re-laid out, so every byte not named by an edit stays identical.
+re-laid out, so every byte not named by an edit stays identical; the edited
+regions are written over the copy.
 """
 
 from __future__ import annotations
@@ -70,11 +71,12 @@ def _copy(src_fd: int, dst_fd: int, size: int) -> None:
         offset += len(chunk)
 
 
-def _write_all(fd: int, content: bytearray) -> None:
+def _pwrite_all(fd: int, content: bytes, file_offset: int) -> None:
     view = memoryview(content)
     while view:
-        n = os.write(fd, view)
+        n = os.pwrite(fd, view, file_offset)
         view = view[n:]
+        file_offset += n
 
 
 TMP_SUFFIX = ".ftpatch-tmp"
@@ -115,15 +117,21 @@ def write_plan(plan: Plan, source: str, data: bytes | memoryview | object, dest:
     """
     view = memoryview(data)  # type: ignore[arg-type]
     try:
-        _write_plan(plan, source, view, dest)
+        regions = _regions(plan, view)
     finally:
         # Release the buffer even when an error's traceback keeps this frame
         # alive: the caller then closes the mmap, which raises BufferError
         # (an "internal error" in place of the real one) while views exist.
         view.release()
+    write_regions(source, dest, regions)
 
 
-def _write_plan(plan: Plan, source: str, view: memoryview, dest: str) -> None:
+# Edits closer than this share one region: one pwrite() instead of many.
+_REGION_GAP = 1 << 16
+
+
+def _regions(plan: Plan, view: memoryview) -> list[tuple[int, bytes]]:
+    """Check every edit's expected bytes, then merge the edits into regions."""
     for edit in plan.edits:
         found = bytes(view[edit.file_offset : edit.file_offset + len(edit.old)])
         if found != edit.old:
@@ -132,6 +140,33 @@ def _write_plan(plan: Plan, source: str, view: memoryview, dest: str) -> None:
                 f"expected bytes {edit.old.hex()} at file offset {edit.file_offset:#x}, "
                 f"found {found.hex()}",
             )
+    regions: list[tuple[int, bytes]] = []
+    edits = plan.edits  # sorted by file offset, none overlapping (plan.py)
+    i = 0
+    while i < len(edits):
+        start = edits[i].file_offset
+        j = i
+        end = start + len(edits[i].new)
+        while j + 1 < len(edits) and edits[j + 1].file_offset - end < _REGION_GAP:
+            j += 1
+            end = max(end, edits[j].file_offset + len(edits[j].new))
+        content = bytearray(view[start:end])
+        for edit in edits[i : j + 1]:
+            o = edit.file_offset - start
+            content[o : o + len(edit.new)] = edit.new
+        regions.append((start, bytes(content)))
+        i = j + 1
+    return regions
+
+
+def write_regions(source: str, dest: str, regions: list[tuple[int, bytes]]) -> None:
+    """Write ``source`` to ``dest`` (may equal ``source``) with ``regions`` replaced.
+
+    ``regions`` are (file offset, new bytes), sorted and not overlapping,
+    each as long as the bytes it replaces.  The file is copied by the kernel
+    (``copy_file_range``) and the regions written over the copy, so memory
+    stays in proportion to what changes, not to the file.
+    """
     if dest != source and os.path.islink(dest):
         # -o LINK writes the link's target and keeps the link, as ld does
         # and as an in-place rewrite of a link does.
@@ -144,6 +179,13 @@ def _write_plan(plan: Plan, source: str, view: memoryview, dest: str) -> None:
     tmp_path: str | None = None
     try:
         st = os.fstat(src_fd)
+        end = 0
+        for file_offset, content in regions:
+            if file_offset < end or file_offset + len(content) > st.st_size:
+                raise WriteError(
+                    Location(source), f"region at file offset {file_offset:#x} out of place"
+                )
+            end = file_offset + len(content)
         mode = stat.S_IMODE(st.st_mode)
         owner = st.st_uid, st.st_gid
         if dest != source and os.path.exists(dest):
@@ -151,16 +193,9 @@ def _write_plan(plan: Plan, source: str, view: memoryview, dest: str) -> None:
             mode, owner = stat.S_IMODE(dest_st.st_mode), (dest_st.st_uid, dest_st.st_gid)
         tmp_fd, tmp_path = _create_temp(dest, dest == source)
         try:
-            if plan.edits:
-                # Apply the edits to one in-memory copy and write it in one go:
-                # tens of thousands of scattered pwrite() calls cost more.
-                content = bytearray(view)
-                for edit in plan.edits:
-                    content[edit.file_offset : edit.file_offset + len(edit.new)] = edit.new
-                _write_all(tmp_fd, content)
-                del content
-            else:
-                _copy(src_fd, tmp_fd, st.st_size)
+            _copy(src_fd, tmp_fd, st.st_size)
+            for file_offset, content in regions:
+                _pwrite_all(tmp_fd, content, file_offset)
             # The new inode keeps the owner (root rewriting a user's build
             # tree) where permitted; fchown clears set-id bits, so it goes first.
             with contextlib.suppress(PermissionError):
