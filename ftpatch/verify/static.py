@@ -314,6 +314,20 @@ class FileChecker:
                         site=index,
                     )
                 )
+        # The words the transitions store over must be code of this section
+        # (a hostile record may name the last bytes of its section).
+        for o in (patched,) if self.scheme is Scheme.SINGLE_SLOT else (patched, mov):
+            if o is None or self.word(sec, o) is None:
+                findings.append(
+                    Finding(
+                        CHECK_RECORD,
+                        self._locate(site, sec, r),
+                        f"the word to patch at {sec.name}+{o or 0:#x} is not inside "
+                        f"{sec.name} ({sec.sh_size:#x} bytes)",
+                        site=index,
+                    )
+                )
+                return SitePlan(tuple(findings), (), None, None, (), ())
         t1, t2 = self._trampolines(slot_address)
         first = (
             known.name if known is not None and known.name and known.address == t1 else "trampoline"
@@ -327,7 +341,8 @@ class FileChecker:
         # (a local function without a symbol in a linked image, whose place is
         # named after an enclosing symbol), from the entry words themselves.
         entry: int | None
-        if f is not None and (mov is None or mov - 4 <= f <= mov):
+        # (A symbol off the 4-byte grid is no instruction to enter by.)
+        if f is not None and f % 4 == 0 and (mov is None or mov - 4 <= f <= mov):
             entry = f
         elif mov is not None:
             before = self.word(sec, mov - 4)
@@ -339,7 +354,9 @@ class FileChecker:
             for t in transitions
         )
         names = tuple(t.name for t in transitions)
-        if entry is None or entry < 0:
+        if entry is None or entry < 0 or self.address(sec, entry) % 4:
+            # No instruction starts off the 4-byte grid (the slot alignment
+            # check reports a section placed there).
             return SitePlan(tuple(findings), (), None, slot_address, stores, names)
         start = min(entry, patched)
         body = max(slot, patched) + 4
