@@ -256,6 +256,61 @@ static char *record_until_seen(const char *tracer, const char *needle,
 	return trace;
 }
 
+/*
+ * On a failed check, say what each CPU and worker was doing: trace lines
+ * per CPU, the ring buffer's own per-CPU counts, and each worker's state
+ * and last CPU from /proc (fields 3 and 39 of /proc/PID/stat).
+ */
+static void explain_cpus(const char *trace)
+{
+	long ncpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	for (long cpu = 0; cpu < ncpus && cpu < 100; cpu++) {
+		char needle[16], path[96], *stats, *line;
+
+		snprintf(needle, sizeof(needle), "[%03ld]", cpu);
+		snprintf(path, sizeof(path), TRACEFS "/per_cpu/cpu%ld/stats", cpu);
+		stats = read_file(path, NULL);
+		for (line = stats; *line; line++)
+			if (*line == '\n')
+				*line = ' ';
+		say("cpu%ld: %d trace lines; %s", cpu, count_lines_with(trace, needle), stats);
+		free(stats);
+	}
+	for (int i = 0; i < nworkers; i++) {
+		char path[64], buf[1024];
+		int fd, field = 1;
+		ssize_t n;
+		char state = '?';
+		long last_cpu = -1;
+
+		snprintf(path, sizeof(path), "/proc/%d/stat", (int)workers[i]);
+		fd = open(path, O_RDONLY);
+		n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+		if (fd >= 0)
+			close(fd);
+		if (n > 0) {
+			char *p = strrchr(buf, ')');
+
+			buf[n] = '\0';
+			/* after "pid (comm)": field 3 is the state, 39 the CPU */
+			for (; p && *p; p++) {
+				if (*p != ' ')
+					continue;
+				field++;
+				if (field == 2)
+					state = p[1];
+				if (field == 38) {
+					last_cpu = strtol(p + 1, NULL, 10);
+					break;
+				}
+			}
+		}
+		say("worker %d (pid %d): state %c, last on cpu%ld", i + 1,
+		    (int)workers[i], state, last_cpu);
+	}
+}
+
 static void check_function_trace(void)
 {
 	size_t len;
@@ -266,6 +321,7 @@ static void check_function_trace(void)
 	tracefs_write("current_tracer", "nop");
 	if (calls < 100 || worker_calls < 1) {
 		printf("%.2000s\n", trace);
+		explain_cpus(trace);
 		fail("function tracer recorded %d calls (%d sys_getppid), "
 		     "expected >= 100 and >= 1", calls, worker_calls);
 	}
