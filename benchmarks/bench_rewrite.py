@@ -28,26 +28,39 @@ REPEAT = int(os.environ.get("BENCH_REPEAT", "7"))
 FTPATCH = [sys.executable, "-m", "ftpatch"]
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS in KiB) of one run of ``cmd``."""
+def wall(cmd: list[str]) -> float:
+    """Wall seconds of one run of ``cmd``."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode not in (0,):
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise SystemExit(f"{cmd}: exit {proc.returncode}: {err}")
-    return wall, usage.ru_maxrss
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd}: exit {proc.returncode}: {proc.stderr.decode()}")
+    return time.perf_counter() - start
+
+
+def peak_rss(cmd: list[str]) -> int:
+    """Peak RSS in KiB of one run of ``cmd``, from GNU time.
+
+    ``/usr/bin/time -f %M`` is a small C parent: a child forked from this
+    (large) Python process starts with its peak RSS, which exec() carries
+    into the child's ru_maxrss (fs/exec.c setmax_mm_hiwater_rss), so wait4()
+    here would report this process's size, not the child's.
+    """
+    with tempfile.NamedTemporaryFile("r") as out:
+        subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", out.name, *cmd],
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+        return int(out.read().split()[-1])
 
 
 def median_run(make_cmd, repeat: int = REPEAT) -> tuple[float, int]:  # type: ignore[no-untyped-def]
-    walls, rss = [], []
-    for _ in range(repeat):
-        w, m = timed(make_cmd())
-        walls.append(w)
-        rss.append(m)
-    return statistics.median(walls), max(rss)
+    """Median wall time over ``repeat`` runs, and the peak RSS of one more.
+
+    ``make_cmd`` is called before each run (a fresh copy of the input).
+    """
+    walls = [wall(make_cmd()) for _ in range(repeat)]
+    return statistics.median(walls), peak_rss(make_cmd())
 
 
 def main() -> None:
@@ -55,6 +68,16 @@ def main() -> None:
     bench = Path(args[0] if args else "/var/tmp/ftpatch-bench")
     big, one, small = bench / "big.o", bench / "one.o", bench / "small"
     work = Path(tempfile.mkdtemp(prefix="ftpatch-bench-", dir=bench))
+    # Bytecode for ftpatch, as a regular pip install leaves it: with
+    # PYTHONDONTWRITEBYTECODE set (or an editable install in a read-only tree)
+    # every run would compile ftpatch's modules from source (~15 ms here),
+    # while typer, the floor, comes compiled.
+    import ftpatch
+
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(Path(ftpatch.__file__).parent)],
+        check=True,
+    )
     try:
         records = json.loads(
             subprocess.run([*FTPATCH, "scan", "--json", str(big)], capture_output=True,
@@ -83,8 +106,7 @@ def main() -> None:
                 if d.exists():
                     shutil.rmtree(d)
                 shutil.copytree(small, d)
-                w, _ = timed([*FTPATCH, "rewrite", "-q", "-j", str(jobs), "-r", str(d)])
-                walls.append(w)
+                walls.append(wall([*FTPATCH, "rewrite", "-q", "-j", str(jobs), "-r", str(d)]))
             rates[jobs] = len(batch) / statistics.median(walls)
         size = big.stat().st_size
         small_records = json.loads(

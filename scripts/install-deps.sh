@@ -17,7 +17,7 @@ if [[ $runtime_only -eq 0 ]]; then
     APT_PACKAGES=(
         gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu
         clang lld llvm qemu-user make bc flex bison libssl-dev libelf-dev cpio xz-utils
-        qemu-system-arm linux-source-6.1 podman debootstrap
+        qemu-system-arm linux-source-6.1 podman debootstrap time
     )
     missing=()
     for p in "${APT_PACKAGES[@]}"; do
