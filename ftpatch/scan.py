@@ -52,10 +52,7 @@ class ScanResult:
         return bytes(self._data[file_offset : file_offset + size])
 
     def symbol_address(self, name: str) -> int | None:
-        for sym in self.elf.iter_symbols():
-            if sym.name == name and sym.st_shndx != 0:
-                return sym.st_value
-        return None
+        return self.elf.symbol_values(name).get(name)
 
     def counts(self) -> dict[str, int]:
         out = {s.value: 0 for s in State}

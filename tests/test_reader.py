@@ -85,3 +85,28 @@ def test_record_addends_match_readelf(name: str) -> None:
     elf, _ = open_elf(path)
     mine = [(r.index * 8, r.value) for r in object_records(elf)]
     assert sorted(mine) == sorted((off, addend) for _, off, addend in theirs)
+
+
+@pytest.mark.parametrize("name", OBJECTS)
+def test_symbol_values_match_pyelftools(name: str) -> None:
+    """symbol_values(): the first defined symbol of each name, as pyelftools reads it."""
+    path = fixture_path(name)
+    with open(path, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        expected: dict[str, int] = {}
+        undefined = set()
+        for sym in symtab.iter_symbols():
+            if not sym.name:
+                continue
+            if sym["st_shndx"] == "SHN_UNDEF":
+                undefined.add(sym.name)
+            else:
+                expected.setdefault(sym.name, sym["st_value"])
+    elf, data = open_elf(str(path))
+    try:
+        names = sorted(expected) + sorted(undefined - set(expected)) + ["no_such_symbol"]
+        assert elf.symbol_values(*names) == expected
+        for n in names[:20]:
+            assert elf.symbol_values(n) == ({n: expected[n]} if n in expected else {})
+    finally:
+        data.close()  # type: ignore[union-attr]

@@ -53,12 +53,8 @@ class RecordsArea:
 def find_records_area(elf: ElfFile, mode: RecordsMode = "auto") -> RecordsArea | None:
     where = Location(elf.path)
     if mode in ("auto", "mcount-loc"):
-        start = stop = None
-        for sym in elf.iter_symbols():
-            if sym.name == START_SYMBOL and sym.st_shndx:
-                start = sym.st_value
-            elif sym.name == STOP_SYMBOL and sym.st_shndx:
-                stop = sym.st_value
+        values = elf.symbol_values(START_SYMBOL, STOP_SYMBOL)
+        start, stop = values.get(START_SYMBOL), values.get(STOP_SYMBOL)
         if start is not None and stop is not None:
             if stop < start or (stop - start) % RECORD_SIZE:
                 raise MalformedElfError(

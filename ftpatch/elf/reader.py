@@ -330,6 +330,26 @@ class ElfFile:
             return self.symbol(index).name  # raises the precise error
         return _printable(strings[start:end])
 
+    def symbol_values(self, *names: str) -> dict[str, int]:
+        """``st_value`` of the first defined symbol named each of ``names``.
+
+        Names not defined (or only undefined, ``SHN_UNDEF``) are absent.
+        Compares the string table's bytes: no Symbol object per symbol.
+        """
+        wanted = {name.encode(): name for name in names}
+        found: dict[str, int] = {}
+        strings = self._symbol_strings
+        for st_name, _info, _other, st_shndx, st_value, _size in self._raw_symbols:
+            if st_shndx == SHN_UNDEF or st_name >= len(strings):
+                continue
+            end = strings.find(b"\0", st_name)
+            name = wanted.get(strings[st_name:end] if end >= 0 else strings[st_name:])
+            if name is not None and name not in found:
+                found[name] = st_value
+                if len(found) == len(wanted):
+                    break
+        return found
+
     def iter_symbols(self) -> Iterator[Symbol]:
         for i in range(len(self._raw_symbols)):
             yield self.symbol(i)
