@@ -314,11 +314,12 @@ def _run_many(
             import multiprocessing
 
             ctx = multiprocessing.get_context("fork")
+            # Chunks of files per task: one round trip per file costs as much
+            # as rewriting a small object.  map() yields in input order.
+            chunk = max(1, min(32, len(paths) // (jobs * 8)))
             with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-                futures = {pool.submit(work, p): i for i, p in enumerate(paths)}
-                for fut in concurrent.futures.as_completed(futures):
-                    i = futures[fut]
-                    results[i] = fut.result()
+                for i, outcome in enumerate(pool.map(work, paths, chunksize=chunk)):
+                    results[i] = outcome
                     if progress is not None and task is not None:
                         progress.update(task, advance=1, f=paths[i])
                     flush()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, fixture_path, ftpatch
+from conftest import ROOT, fixture_path, ftpatch, sha256
 from test_crash_safety import big_object, reset, temps  # noqa: F401  (fixture)
 
 from ftpatch.elf.writer import locked
@@ -121,3 +121,26 @@ def test_waiters_follow_the_file_to_its_new_inode(tmp_path: Path) -> None:
     assert path.read_bytes() == expected
     assert os.stat(path).st_ino != before
     assert temps(tmp_path) == []
+
+
+def test_many_files_in_chunks_keep_input_order_and_worst_status(tmp_path: Path) -> None:
+    """-j 2 over 120 files sends them to the workers in chunks (cli._run_many):
+    the output still follows the input order, a bad file in the middle is
+    left byte-identical, every other file is rewritten, and the status is 2."""
+    names = []
+    for i in range(120):
+        src = "bad-site.o" if i == 57 else "gcc-plain-O2.o"
+        dest = tmp_path / f"f{i:03d}.o"
+        shutil.copyfile(fixture_path(f"obj/{src}"), dest)
+        names.append(dest)
+    bad_digest = sha256(names[57])
+    r = ftpatch("rewrite", "-j", "2", *names)
+    assert r.returncode == 2
+    good = [n for i, n in enumerate(names) if i != 57]
+    lines = r.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(n) for n in good]
+    assert all("rewrote" in line for line in lines)
+    assert r.stderr.count("\n") == 1 and str(names[57]) in r.stderr
+    assert sha256(names[57]) == bad_digest
+    again = ftpatch("rewrite", "--check", "-q", "-j", "2", *good)
+    assert again.returncode == 0 and again.stdout == ""
