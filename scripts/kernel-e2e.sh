@@ -298,6 +298,7 @@ main() {
 	touch "$SRC/.ftpatch-e2e-0002"
 	build ftpatch
 	grep -q 'FTPATCH  *vmlinux.o' "$OUT/build-ftpatch.log" || die "ftpatch build did not run ftpatch"
+	grep -q 'FTVERIFY  *vmlinux' "$OUT/build-ftpatch.log" || die "ftpatch build did not verify vmlinux"
 	grep -q -- '-fpatchable-function-entry=2' "$BUILD/kernel/.fork.o.cmd" ||
 		die "kernel not compiled with -fpatchable-function-entry=2"
 
