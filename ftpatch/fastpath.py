@@ -37,6 +37,7 @@ from ftpatch.elf.reader import (
     ElfFile,
 )
 from ftpatch.elf.records import RECORD_SIZE, records_sections
+from ftpatch.elf.writer import Buffer
 from ftpatch.scan import MAX_PREFIX_WORDS
 
 _NOP, _MOV = arm64.NOP, arm64.MOV_X9_X30
@@ -53,12 +54,18 @@ class FastPlan(NamedTuple):
     rewritten: int
     # (file offset, new content) of each section that changes: the code
     # sections with their MOVs, the RELA sections with their moved addends.
-    regions: list[tuple[int, bytes]]
+    # The arrays themselves (in file byte order): no copy as bytes.
+    regions: list[tuple[int, Buffer]]
+
+
+def _first(region: tuple[int, Buffer]) -> int:
+    return region[0]
 
 
 def _columns(data: object, file_offset: int, size: int, code: str, swap: bool) -> array:  # type: ignore[type-arg]
     col = array(code)
-    col.frombytes(data[file_offset : file_offset + size])  # type: ignore[index]
+    with memoryview(data) as view:  # type: ignore[arg-type]  # no bytes copy in between
+        col.frombytes(view[file_offset : file_offset + size])
     if swap:
         col.byteswap()
     return col
@@ -196,7 +203,7 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
 
     sites = pristine = rewritten = 0
     moved_code: dict[int, list[int]] = {}  # section index -> word indexes to MOV
-    regions: list[tuple[int, bytes]] = []
+    regions: list[tuple[int, Buffer]] = []
     sym_limit = nsyms
     for rela, entries in work:
         infos, addends = entries[1::3], entries[2::3]
@@ -242,18 +249,18 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
         if moved:
             if swap_elf:
                 entries.byteswap()
-            regions.append((rela.sh_offset, entries.tobytes()))
+            regions.append((rela.sh_offset, entries))
     for shndx, ks in moved_code.items():
         text = words[shndx]
         for k in ks:
             text[k] = _MOV  # two records of one entry: one MOV, written twice
         if swap_insn:
             text.byteswap()
-        regions.append((sections[shndx].sh_offset, text.tobytes()))
-    regions.sort()
+        regions.append((sections[shndx].sh_offset, text))
+    regions.sort(key=_first)
     end = -1
     for file_offset, content in regions:
         if file_offset < end:
             return None  # sections overlap in the file: the general path refuses it
-        end = file_offset + len(content)
+        end = file_offset + memoryview(content).nbytes
     return FastPlan(sites, pristine, rewritten, regions)

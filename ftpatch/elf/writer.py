@@ -15,7 +15,8 @@ import fcntl
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 
 from ftpatch.errors import FtpatchError, WriteError
 from ftpatch.model import Location, Plan
@@ -71,13 +72,16 @@ def _copy(src_fd: int, dst_fd: int, size: int) -> None:
         offset += len(chunk)
 
 
-def _pwrite_all(fd: int, content: bytes, file_offset: int) -> None:
-    view = memoryview(content)
+def _pwrite_all(fd: int, content: Buffer, file_offset: int) -> None:
+    view = memoryview(content).cast("B")  # an array's items may be wider than bytes
     while view:
         n = os.pwrite(fd, view, file_offset)
         view = view[n:]
         file_offset += n
 
+
+# What a region's new content may be: bytes, or an array in file byte order.
+Buffer = bytes | bytearray | array  # type: ignore[type-arg]
 
 TMP_SUFFIX = ".ftpatch-tmp"
 
@@ -159,7 +163,7 @@ def _regions(plan: Plan, view: memoryview) -> list[tuple[int, bytes]]:
     return regions
 
 
-def write_regions(source: str, dest: str, regions: list[tuple[int, bytes]]) -> None:
+def write_regions(source: str, dest: str, regions: Sequence[tuple[int, Buffer]]) -> None:
     """Write ``source`` to ``dest`` (may equal ``source``) with ``regions`` replaced.
 
     ``regions`` are (file offset, new bytes), sorted and not overlapping,
@@ -181,11 +185,12 @@ def write_regions(source: str, dest: str, regions: list[tuple[int, bytes]]) -> N
         st = os.fstat(src_fd)
         end = 0
         for file_offset, content in regions:
-            if file_offset < end or file_offset + len(content) > st.st_size:
+            size = memoryview(content).nbytes
+            if file_offset < end or file_offset + size > st.st_size:
                 raise WriteError(
                     Location(source), f"region at file offset {file_offset:#x} out of place"
                 )
-            end = file_offset + len(content)
+            end = file_offset + size
         mode = stat.S_IMODE(st.st_mode)
         owner = st.st_uid, st.st_gid
         if dest != source and os.path.exists(dest):
