@@ -171,7 +171,8 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
     if not 0 <= tab.sh_link < len(sections):
         return None
     strtab = sections[tab.sh_link]
-    if strtab.sh_type == SHT_NOBITS:
+    # A SHT_NULL or SHT_NOBITS header was never range-checked by the reader.
+    if strtab.sh_type in (0, SHT_NOBITS) or strtab.sh_offset + strtab.sh_size > len(data):
         return None
     strings = bytes(data[strtab.sh_offset : strtab.sh_offset + strtab.sh_size])
     nstrings = len(strings)

@@ -127,3 +127,23 @@ def test_damaged_words(name: str, tmp_path: Path) -> None:
     # Some damage leaves the common layouts (MOV over a NOP that was already
     # NOP-equivalent, ...) and some does not: both paths are exercised.
     assert 0 < taken < 40
+
+
+def test_string_table_not_in_the_file(tmp_path: Path) -> None:
+    """The symtab's sh_link names a SHT_NULL header with an offset past the
+    file (never range-checked by the reader): both paths give the same error."""
+    src = fixture_path("obj/gcc-plain-O2.o")
+    data = bytearray(src.read_bytes())
+    elf, mapped = open_elf(str(src))
+    try:
+        assert elf.symtab is not None
+        header = elf.e_shoff + 64 * elf.symtab.sh_link
+    finally:
+        mapped.close()  # type: ignore[union-attr]
+    struct.pack_into("<I", data, header + 4, 0)  # sh_type = SHT_NULL
+    struct.pack_into("<Q", data, header + 24, 1 << 63)  # sh_offset
+    case = tmp_path / "case.o"
+    case.write_bytes(data)
+    assert not same_both_ways(case, tmp_path)
+    with pytest.raises(FtpatchError, match="string table at file offset 0x8000000000000000"):
+        rewrite_file(str(case))
