@@ -13,10 +13,11 @@ from __future__ import annotations
 import random
 import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import GOOD_OBJECTS, OBJECTS, fixture_path, ftpatch
+from conftest import GOOD_OBJECTS, OBJECTS, fixture_path, ftpatch, require
 
 from ftpatch import arm64
 from ftpatch.elf.reader import open_elf
@@ -147,3 +148,19 @@ def test_string_table_not_in_the_file(tmp_path: Path) -> None:
     assert not same_both_ways(case, tmp_path)
     with pytest.raises(FtpatchError, match="string table at file offset 0x8000000000000000"):
         rewrite_file(str(case))
+
+
+def test_site_without_its_own_symbol(tmp_path: Path) -> None:
+    """As 46 sites of a Linux 6.1 vmlinux.o: no symbol on the entry (here the
+    local 'twice' stripped), judged by its words on the fast path too."""
+    require("aarch64-linux-gnu-strip")
+    case = tmp_path / "stripped.o"
+    subprocess.run(
+        ["aarch64-linux-gnu-strip", "--strip-symbol=twice", "-o", case,
+         fixture_path("obj/gcc-plain-O2.o")],
+        check=True,
+    )  # fmt: skip
+    with scan_file(str(case)) as result:
+        places = [str(s.location).split(": ")[1] for s in result.sites]
+    assert "mix+0x30" in places and not any(p.startswith("twice") for p in places)
+    assert same_both_ways(case, tmp_path)
