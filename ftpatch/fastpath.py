@@ -197,6 +197,10 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
         return None
     strings = bytes(data[strtab.sh_offset : strtab.sh_offset + strtab.sh_size])
     nstrings = len(strings)
+    if not strings or strings[-1] != 0:
+        # A name could run off the table's end: the general path names the
+        # symbol in its error (the messages need the owners' names).
+        return None
 
     # Per code section: its instruction words and a bitmap of the word
     # offsets where a code symbol starts (what scan's bisect looks up).
