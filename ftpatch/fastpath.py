@@ -159,6 +159,8 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
     for sec in records_sections(elf):
         if sec.sh_type == SHT_NOBITS or sec.sh_size % RECORD_SIZE:
             return None
+        if sec.sh_offset + sec.sh_size > len(data):
+            return None  # even an empty one: the general path refuses it (SHT_NULL)
         count = sec.sh_size // RECORD_SIZE
         if count == 0:
             continue
