@@ -345,7 +345,8 @@ EOF
 
 	# Boots.
 	boot_expect_pass ftpatch "$SWITCHES" 3
-	boot_expect_pass stock 5 1
+	# The same tracer switching as the ftpatch kernel: an equal control.
+	boot_expect_pass stock "$SWITCHES" 3
 
 	boot negative 2 1
 	local verdict
