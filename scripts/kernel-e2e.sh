@@ -191,9 +191,29 @@ boot() {
 	tr -d '\r' < "$logf" > "$logf.tmp" && mv "$logf.tmp" "$logf"
 }
 
-# judge LOG: prints one of pass / flake / fail:<reasons>.
+# oops_race LOG NAME: true when LOG shows exactly the known qemu oops and
+# nothing else: every oops is function_trace_call+0x18 called from
+# ftrace_call with op (x2) = &ftrace_list_end, the ops of "no tracer", on
+# the worker CPUs at once, while the function tracer is switched.  Seen on
+# stock kernels as on rewritten ones (stock: 1 of 12 boots with 30+3
+# switches here; ftpatch: 1 in the CI-style run): what running an
+# already-replaced "bl" gives (see examples/kernel/README.md).
+oops_race() {
+	local logf=$1 name=$2 list_end oopses
+	list_end=$(${CROSS}nm "$OUT/vmlinux-$name" | sed -n 's/^\([0-9a-f]*\) D ftrace_list_end$/\1/p')
+	[ -n "$list_end" ] || return 1
+	oopses=$(grep -c 'Internal error: Oops' "$logf" || true)
+	[ "$oopses" -ge 1 ] || return 1
+	[ "$(grep -c 'pc : function_trace_call+0x18/' "$logf" || true)" -eq "$oopses" ] || return 1
+	[ "$(grep -c 'lr : ftrace_call+0x4/' "$logf" || true)" -eq "$oopses" ] || return 1
+	[ "$(grep -c "x2 : $list_end " "$logf" || true)" -eq "$oopses" ] || return 1
+	[ "$(grep -c 'x2 : ' "$logf" || true)" -eq "$oopses" ] || return 1
+	! grep -qE 'ftrace bug|Kernel panic|WARNING:|FAILED' "$logf"
+}
+
+# judge LOG NAME: prints one of pass / flake:<kind> / fail:<reasons>.
 judge() {
-	local logf=$1 reasons=() passed failed warnings
+	local logf=$1 name=$2 reasons=() passed failed warnings
 	passed=$(grep -c 'PASSED' "$logf" || true)
 	failed=$(grep -c 'FAILED' "$logf" || true)
 	warnings=$(grep -c 'WARNING:' "$logf" || true)
@@ -224,7 +244,9 @@ judge() {
 		[ "$warnings" -le $((failed + 1)) ] &&
 		[ "$(grep 'WARNING:' "$logf" | grep -cE ' (run_tracer_selftest|init_trace_selftests)\+')" -eq "$warnings" ] &&
 		! grep -qE 'ftrace bug|Oops|Internal error:|Kernel panic' "$logf"; then
-		echo flake
+		echo flake:self-test
+	elif oops_race "$logf" "$name"; then
+		echo flake:oops-race
 	else
 		local IFS=';'
 		echo "fail:${reasons[*]}"
@@ -251,11 +273,11 @@ boot_expect_pass() {
 	local name=$1 verdict try=1 flake_logs=()
 	while :; do
 		BOOT_TRY=$try boot "$@"
-		verdict=$(judge "$BOOT_LOG")
-		[ "$verdict" = flake ] && [ "$try" -le "$FLAKE_RETRIES" ] || break
+		verdict=$(judge "$BOOT_LOG" "$name")
+		[[ "$verdict" == flake:* ]] && [ "$try" -le "$FLAKE_RETRIES" ] || break
 		flake_logs+=("\"$BOOT_LOG\"")
-		printf 'E2E FLAKE %s boot %d: stock 6.1 dynamic ftrace self-test flake in %s; booting again\n' \
-			"$name" "$try" "$BOOT_LOG"
+		printf 'E2E FLAKE %s boot %d: known %s flake (seen on stock kernels too) in %s; booting again\n' \
+			"$name" "$try" "${verdict#flake:}" "$BOOT_LOG"
 		try=$((try + 1))
 	done
 	result "boots_$name" "$try"
@@ -350,7 +372,7 @@ EOF
 
 	boot negative 2 1
 	local verdict
-	verdict=$(judge "$BOOT_LOG")
+	verdict=$(judge "$BOOT_LOG" negative)
 	result boot_seconds_negative "$BOOT_SECONDS"
 	result boot_log_negative "\"$BOOT_LOG\""
 	result boot_verdict_negative "\"$verdict\""
@@ -360,7 +382,7 @@ EOF
 	result negative_ftrace_bug '"yes"'
 
 	boot unrewritten 2 1
-	verdict=$(judge "$BOOT_LOG")
+	verdict=$(judge "$BOOT_LOG" unrewritten)
 	result boot_seconds_unrewritten "$BOOT_SECONDS"
 	result boot_log_unrewritten "\"$BOOT_LOG\""
 	result boot_verdict_unrewritten "\"$verdict\""
