@@ -229,10 +229,9 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
             return None  # an odd symbol: the general path judges its neighbours
         bitmap[value >> 2] = 1
 
-    sites = pristine = rewritten = 0
+    pristine = rewritten = 0
     moved_code: dict[int, list[int]] = {}  # section index -> word indexes to MOV
     regions: list[tuple[int, Buffer]] = []
-    sym_limit = nsyms
     for rela, entries in work:
         infos, addends = entries[1::3], entries[2::3]
         moved = False
@@ -240,7 +239,7 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
             if r_info & 0xFFFFFFFF != R_AARCH64_ABS64:
                 return None
             r_sym = r_info >> 32
-            if not 0 < r_sym < sym_limit:
+            if not 0 < r_sym < nsyms:
                 return None
             shndx = (head[r_sym] >> shndx_shift) & 0xFFFF
             if not 0 < shndx < nsec or not code[shndx]:
@@ -264,7 +263,6 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
                 state = _entry(text, bitmap, k)
             if state is None:
                 return None
-            sites += 1
             if state:
                 pristine += 1
                 moved_code.setdefault(shndx, []).append(k)
@@ -291,4 +289,4 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
         if file_offset < end:
             return None  # sections overlap in the file: the general path refuses it
         end = file_offset + memoryview(content).nbytes
-    return FastPlan(sites, pristine, rewritten, regions)
+    return FastPlan(pristine + rewritten, pristine, rewritten, regions)

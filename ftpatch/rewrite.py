@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from ftpatch.elf.reader import open_elf
+from ftpatch.elf.reader import mapped_elf
 from ftpatch.elf.writer import locked, write_plan, write_regions
 from ftpatch.errors import FtpatchError
 from ftpatch.fastpath import plan_object
@@ -62,19 +62,13 @@ def rewrite_file(
             raise FtpatchError(
                 Location(path), "file is read-only; refusing to rewrite it in place (use -o)"
             )
-    with locked(source):
-        elf, data = open_elf(source)
-        try:
-            fast = None if detail else plan_object(elf)
-            if fast is not None:
-                changes = bool(fast.regions)
-                result = RewriteResult(
-                    path, shown, fast.sites, fast.pristine, fast.rewritten, changes, False
-                )
-                if check or dry_run or (not changes and output is None):
-                    return result
-                write_regions(source, dest, fast.regions)
-                return dataclasses.replace(result, written=True)
+    with locked(source), mapped_elf(source) as elf:
+        fast = None if detail else plan_object(elf)
+        if fast is not None:
+            result = RewriteResult(
+                path, shown, fast.sites, fast.pristine, fast.rewritten, bool(fast.regions), False
+            )
+        else:
             sites = scan_elf(elf, records_mode)
             plan = plan_rewrite(path, sites, big_endian=elf.big_endian)
             result = RewriteResult(
@@ -87,10 +81,10 @@ def rewrite_file(
                 False,
                 plan,
             )
-            if check or dry_run or (not plan.changes and output is None):
-                return result
-            write_plan(plan, source, data, dest)
-            return dataclasses.replace(result, written=True)
-        finally:
-            if hasattr(data, "close"):
-                data.close()
+        if check or dry_run or (not result.changes and output is None):
+            return result
+        if fast is not None:
+            write_regions(source, dest, fast.regions)
+        else:
+            write_plan(plan, source, elf.data, dest)
+        return dataclasses.replace(result, written=True)

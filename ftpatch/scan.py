@@ -10,11 +10,10 @@ both states instead of being taken for one of them.
 
 from __future__ import annotations
 
-import mmap
 import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 
 from ftpatch import arm64
@@ -41,7 +40,6 @@ class ScanResult:
     path: str
     elf: ElfFile
     sites: tuple[Site, ...]
-    _data: mmap.mmap | bytes = field(repr=False)
 
     @property
     def kind(self) -> str:
@@ -49,7 +47,7 @@ class ScanResult:
 
     def read(self, file_offset: int, size: int) -> bytes:
         self.elf.check_range(file_offset, size, "read")
-        return bytes(self._data[file_offset : file_offset + size])
+        return bytes(self.elf.data[file_offset : file_offset + size])
 
     def symbol_address(self, name: str) -> int | None:
         return self.elf.symbol_values(name).get(name)
@@ -61,8 +59,7 @@ class ScanResult:
         return out
 
     def close(self) -> None:
-        if isinstance(self._data, mmap.mmap):
-            self._data.close()
+        self.elf.close()
 
     def __enter__(self) -> ScanResult:
         return self
@@ -74,12 +71,11 @@ class ScanResult:
 
 
 def scan_file(path: str, records_mode: RecordsMode = "auto") -> ScanResult:
-    elf, data = open_elf(path)
+    elf, _ = open_elf(path)
     try:
-        return ScanResult(path, elf, scan_elf(elf, records_mode), data)
+        return ScanResult(path, elf, scan_elf(elf, records_mode))
     except BaseException:
-        if isinstance(data, mmap.mmap):
-            data.close()
+        elf.close()
         raise
 
 

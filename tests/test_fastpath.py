@@ -20,9 +20,9 @@ import pytest
 from conftest import GOOD_OBJECTS, OBJECTS, fixture_path, ftpatch, require
 
 from ftpatch import arm64
-from ftpatch.elf.reader import open_elf
+from ftpatch.elf.reader import mapped_elf
 from ftpatch.errors import FtpatchError
-from ftpatch.fastpath import plan_object
+from ftpatch.fastpath import FastPlan, plan_object
 from ftpatch.rewrite import rewrite_file
 from ftpatch.scan import scan_file
 
@@ -32,12 +32,9 @@ from ftpatch.scan import scan_file
 FAST = [o for o in GOOD_OBJECTS if "prefix" not in o and "norecords" not in o]
 
 
-def fast_taken(path: Path) -> bool:
-    elf, data = open_elf(str(path))
-    try:
-        return plan_object(elf) is not None
-    finally:
-        data.close()  # type: ignore[union-attr]
+def fast_plan(path: Path) -> FastPlan | None:
+    with mapped_elf(str(path)) as elf:
+        return plan_object(elf)
 
 
 def same_both_ways(src: Path, tmp: Path) -> bool:
@@ -61,7 +58,7 @@ def same_both_ways(src: Path, tmp: Path) -> bool:
     assert default[0] == general[0]
     assert default[1] == general[1]
     assert default[2] == general[2]
-    return fast_taken(src)
+    return fast_plan(src) is not None
 
 
 @pytest.mark.parametrize("name", OBJECTS)
@@ -76,12 +73,7 @@ def test_rewritten_fixture(name: str, tmp_path: Path) -> None:
     assert ftpatch("rewrite", fixture_path(name), "-o", out).returncode == 0
     assert same_both_ways(out, tmp_path)
     # A second rewrite finds every site rewritten and changes nothing.
-    plan = None
-    elf, data = open_elf(str(out))
-    try:
-        plan = plan_object(elf)
-    finally:
-        data.close()  # type: ignore[union-attr]
+    plan = fast_plan(out)
     assert plan is not None and plan.pristine == 0 and plan.regions == []
 
 
@@ -135,12 +127,9 @@ def test_string_table_not_in_the_file(tmp_path: Path) -> None:
     file (never range-checked by the reader): both paths give the same error."""
     src = fixture_path("obj/gcc-plain-O2.o")
     data = bytearray(src.read_bytes())
-    elf, mapped = open_elf(str(src))
-    try:
+    with mapped_elf(str(src)) as elf:
         assert elf.symtab is not None
         header = elf.e_shoff + 64 * elf.symtab.sh_link
-    finally:
-        mapped.close()  # type: ignore[union-attr]
     struct.pack_into("<I", data, header + 4, 0)  # sh_type = SHT_NULL
     struct.pack_into("<Q", data, header + 24, 1 << 63)  # sh_offset
     case = tmp_path / "case.o"

@@ -9,7 +9,7 @@ import pytest
 from conftest import OBJECTS, fixture_path, require
 from elftools.elf.elffile import ELFFile
 
-from ftpatch.elf.reader import open_elf
+from ftpatch.elf.reader import mapped_elf, open_elf
 from ftpatch.elf.records import object_records, records_sections
 
 
@@ -102,11 +102,8 @@ def test_symbol_values_match_pyelftools(name: str) -> None:
                 undefined.add(sym.name)
             else:
                 expected.setdefault(sym.name, sym["st_value"])
-    elf, data = open_elf(str(path))
-    try:
+    with mapped_elf(str(path)) as elf:
         names = sorted(expected) + sorted(undefined - set(expected)) + ["no_such_symbol"]
         assert elf.symbol_values(*names) == expected
         for n in names[:20]:
             assert elf.symbol_values(n) == ({n: expected[n]} if n in expected else {})
-    finally:
-        data.close()  # type: ignore[union-attr]

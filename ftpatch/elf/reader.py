@@ -10,6 +10,7 @@ allocate memory in proportion to a number it read.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -156,6 +157,11 @@ class ElfFile:
         self._i64 = struct.Struct(e + "q")
         self.sections = self._read_sections()
         self.segments = self._read_segments()
+
+    def close(self) -> None:
+        """Unmap the file (an empty file was read as bytes: nothing to do)."""
+        if isinstance(self.data, mmap.mmap):
+            self.data.close()
 
     # -- helpers ---------------------------------------------------------
 
@@ -467,3 +473,13 @@ def open_elf(path: str) -> tuple[ElfFile, mmap.mmap | bytes]:
         if isinstance(data, mmap.mmap):
             data.close()
         raise
+
+
+@contextlib.contextmanager
+def mapped_elf(path: str) -> Iterator[ElfFile]:
+    """``open_elf`` for one block: the map is closed on the way out."""
+    elf, _ = open_elf(path)
+    try:
+        yield elf
+    finally:
+        elf.close()

@@ -72,6 +72,9 @@ def _copy(src_fd: int, dst_fd: int, size: int) -> None:
         offset += len(chunk)
 
 
+# What a region's new content may be: bytes, or an array in file byte order.
+Buffer = bytes | bytearray | array  # type: ignore[type-arg]
+
 def _pwrite_all(fd: int, content: Buffer, file_offset: int) -> None:
     view = memoryview(content).cast("B")  # an array's items may be wider than bytes
     while view:
@@ -79,9 +82,6 @@ def _pwrite_all(fd: int, content: Buffer, file_offset: int) -> None:
         view = view[n:]
         file_offset += n
 
-
-# What a region's new content may be: bytes, or an array in file byte order.
-Buffer = bytes | bytearray | array  # type: ignore[type-arg]
 
 TMP_SUFFIX = ".ftpatch-tmp"
 
