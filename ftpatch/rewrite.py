@@ -62,6 +62,14 @@ def rewrite_file(
             raise FtpatchError(
                 Location(path), "file is read-only; refusing to rewrite it in place (use -o)"
             )
+        # The rewrite replaces the file by rename, which only needs the
+        # directory: refuse a file this user could not write itself (another
+        # owner's, or on a read-only mount), as an in-place write would.
+        if not os.access(source, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
+            raise FtpatchError(
+                Location(path),
+                "file is not writable by this user; refusing to replace it in place (use -o)",
+            )
     with locked(source), mapped_elf(source) as elf:
         fast = None if detail else plan_object(elf)
         if fast is not None:

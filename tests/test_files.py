@@ -12,12 +12,16 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, ftpatch, sha256
 from test_crash_safety import temps
+from typer.testing import CliRunner
+
+from ftpatch.cli import app
 
 
 def is_rewritten(path: Path) -> bool:
@@ -122,3 +126,53 @@ def test_both_names_of_a_hard_link_rewritten_independently(
     assert ftpatch("rewrite", b).returncode == 0
     assert sha256(a) == sha256(b)
     assert temps(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_file_the_user_cannot_write_is_refused(tmp_path: Path) -> None:
+    """A root-owned 0644 file in a directory anyone may write: the rename
+    would succeed, but the user could not write the file, so ftpatch must not
+    replace it either (the mode bits alone say "writable")."""
+    shared = Path(tempfile.mkdtemp(prefix="ftpatch-shared-", dir="/tmp"))
+    try:
+        shared.chmod(0o777)  # no sticky bit: anyone may rename over the file
+        obj = shared / "root-owned.o"
+        obj.write_bytes((ROOT / "fixtures" / "obj" / "gcc-plain-O2.o").read_bytes())
+        obj.chmod(0o644)
+        digest = sha256(obj)
+        # Load every module the command needs (typer imports lazily, and the
+        # interpreter's own files may not be readable by nobody).
+        warm = shared / "warm-up.o"
+        warm.write_bytes(obj.read_bytes())
+        assert CliRunner().invoke(app, ["rewrite", str(warm)]).exit_code == 0
+        warm.chmod(0o444)
+        assert CliRunner().invoke(app, ["rewrite", str(warm)]).exit_code == 2
+        warm.unlink()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: become nobody (modules are already loaded)
+            code = 99
+            try:
+                os.close(read_fd)
+                os.setegid(65534)
+                os.seteuid(65534)
+                result = CliRunner().invoke(app, ["rewrite", str(obj)])
+                text = f"{result.exit_code}\n{result.output}{result.exception or ''}"
+                os.write(write_fd, text.encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        with os.fdopen(read_fd) as pipe:
+            report = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, report
+        exit_code, output = report.split("\n", 1)
+        assert exit_code == "2", report
+        assert "not writable" in output and output.count("\n") == 1, report
+        assert sha256(obj) == digest and obj.stat().st_uid == 0
+        assert sorted(p.name for p in shared.iterdir()) == ["root-owned.o"]
+    finally:
+        for p in shared.iterdir():
+            p.unlink()
+        shared.rmdir()
