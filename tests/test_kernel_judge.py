@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "kernel-e2e.sh"
 LOGS = ROOT / "tests" / "data" / "kernel-boots"
-# ftrace_list_end in the image that wrote ftpatch-boot-oops.log (nm).
+# ftrace_list_end in the images that wrote {ftpatch,stock}-boot-oops.log (nm).
 LIST_END = "ffffffc0083d8700"
 
 
@@ -85,10 +85,11 @@ def test_no_flake_without_exactly_one_known_failure(tmp_path: Path, name: str) -
 def test_full_boots(tmp_path: Path) -> None:
     assert judge(write_log(tmp_path, log_text("ftpatch-boot-pass"))) == "pass"
     assert judge(write_log(tmp_path, log_text("ftpatch-boot-flake"))) == "flake:self-test"
-    oops = write_log(tmp_path, log_text("ftpatch-boot-oops"))
-    assert judge(oops, LIST_END) == "flake:oops-race"
-    # Another op in x2 is not that race.
-    assert judge(oops, "ffffffc0083d8708").startswith("fail:Oops")
+    for kernel in ("ftpatch", "stock"):
+        oops = write_log(tmp_path, log_text(f"{kernel}-boot-oops"))
+        assert judge(oops, LIST_END) == "flake:oops-race"
+        # Another op in x2 is not that race.
+        assert judge(oops, "ffffffc0083d8708").startswith("fail:Oops")
     # A timed-out boot is a failure even after a flake.
     flake = write_log(tmp_path, log_text("ftpatch-boot-flake"))
     assert judge(flake, boot_rc=124).startswith("fail:")
