@@ -71,7 +71,7 @@ class ScanResult:
 
 
 def scan_file(path: str, records_mode: RecordsMode = "auto") -> ScanResult:
-    elf, _ = open_elf(path)
+    elf = open_elf(path)
     try:
         return ScanResult(path, elf, scan_elf(elf, records_mode))
     except BaseException:

@@ -16,7 +16,7 @@ from ftpatch.elf.records import object_records, records_sections
 @pytest.mark.parametrize("name", OBJECTS)
 def test_sections_symbols_relocations_match_pyelftools(name: str) -> None:
     path = str(fixture_path(name))
-    elf, _ = open_elf(path)
+    elf = open_elf(path)
     with open(path, "rb") as f:
         ref = ELFFile(f)
         assert elf.big_endian == (not ref.little_endian)
@@ -82,7 +82,7 @@ def test_record_addends_match_readelf(name: str) -> None:
     path = str(fixture_path(name))
     theirs = readelf_records(path)
     assert all(t == "R_AARCH64_ABS64" for t, _, _ in theirs)
-    elf, _ = open_elf(path)
+    elf = open_elf(path)
     mine = [(r.index * 8, r.value) for r in object_records(elf)]
     assert sorted(mine) == sorted((off, addend) for _, off, addend in theirs)
 

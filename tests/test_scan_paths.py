@@ -17,7 +17,7 @@ from ftpatch.scan import scan_elf
 
 
 def both(path: Path) -> None:
-    elf, _ = open_elf(str(path))
+    elf = open_elf(str(path))
     fast = scan_elf(elf, fast=True)
     slow = scan_elf(elf, fast=False)
     assert fast == slow

@@ -450,8 +450,8 @@ class ElfFile:
         return None
 
 
-def open_elf(path: str) -> tuple[ElfFile, mmap.mmap | bytes]:
-    """Map ``path`` read-only and parse it.  The caller closes the map."""
+def open_elf(path: str) -> ElfFile:
+    """Map ``path`` read-only and parse it.  The caller closes it (``close``)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
@@ -468,7 +468,7 @@ def open_elf(path: str) -> tuple[ElfFile, mmap.mmap | bytes]:
     finally:
         os.close(fd)
     try:
-        return ElfFile(path, data), data
+        return ElfFile(path, data)
     except BaseException:
         if isinstance(data, mmap.mmap):
             data.close()
@@ -478,7 +478,7 @@ def open_elf(path: str) -> tuple[ElfFile, mmap.mmap | bytes]:
 @contextlib.contextmanager
 def mapped_elf(path: str) -> Iterator[ElfFile]:
     """``open_elf`` for one block: the map is closed on the way out."""
-    elf, _ = open_elf(path)
+    elf = open_elf(path)
     try:
         yield elf
     finally:
