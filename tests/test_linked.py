@@ -183,7 +183,7 @@ def test_kernel_style_mcount_loc_inside_another_section(tmp_path: Path) -> None:
     assert_entries_rewritten(exe, scan(exe))
 
 
-def test_record_of_no_function_is_reported_and_left_alone(tmp_path: Path) -> None:
+def test_zero_record_is_skipped_and_left_alone(tmp_path: Path) -> None:
     objs = objects(tmp_path, "gcc-plain")
     exe = tmp_path / "static"
     sh("aarch64-linux-gnu-gcc", "-static", "-o", exe, *objs)
@@ -198,18 +198,22 @@ def test_record_of_no_function_is_reported_and_left_alone(tmp_path: Path) -> Non
     data[word_offset : word_offset + 8] = bytes(8)
     exe.write_bytes(bytes(data))
     doc = scan(exe)
-    assert doc["counts"]["discarded"] == 1
-    assert doc["sites"][3]["reason"] == "record points at no function (0)"
+    assert doc["counts"]["skipped"] == 1
+    assert doc["sites"][3]["reason"] == (
+        "zero record, skipped as the kernel's ftrace_process_locs() does"
+    )
     r = ftpatch("rewrite", exe)
     assert r.returncode == 0, r.stderr
-    assert "record points at no function (0), left alone" in r.stderr
+    assert r.stderr == (
+        f"{exe}: note: 1 zero record left alone, as the kernel's ftrace_process_locs() skips them\n"
+    )
     after = exe.read_bytes()
     assert after[word_offset : word_offset + 8] == bytes(8)
     assert scan(exe)["counts"] == {
         "pristine": 0,
         "rewritten": len(doc["sites"]) - 1,
         "invalid": 0,
-        "discarded": 1,
+        "skipped": 1,
     }
     assert run(exe) == EXPECTED
 
