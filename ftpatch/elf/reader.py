@@ -14,6 +14,8 @@ import contextlib
 import mmap
 import os
 import struct
+import sys
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -375,42 +377,70 @@ class ElfFile:
         return value
 
     @cached_property
-    def code_symbols(self) -> dict[int, list[tuple[int, int, int]]]:
-        """Per section index: sorted (st_value, rank, symbol index) of function entries.
+    def function_entries(self) -> dict[int, tuple[list[int], list[int]]]:
+        """Per section index: the sorted ``st_value`` of its function entries,
+        and the symbol index naming each.
 
         A function entry is where callers enter: a typed (STT_FUNC), sized
-        (st_size > 0) symbol defined in a section.  Linker-script markers
-        (``_stext``, ``_sinittext``, ``__*_text_start``: STT_NOTYPE, size 0)
-        and absolute symbols share addresses with functions and prefix NOPs
-        but are never entries (issue 12: taking ``_stext`` for the entry put
-        the MOV of a CALL_OPS site into its ops literal).  Where a site has
-        no such symbol, ``scan`` judges it by its words.  ``rank`` orders
-        aliases at one address: a global name is the best name for a place.
+        (st_size > 0) symbol defined in a section, on the 4-byte grid.
+        Linker-script markers (``_stext``, ``_sinittext``,
+        ``__*_text_start``: STT_NOTYPE, size 0) and absolute symbols share
+        addresses with functions and prefix NOPs but are never entries
+        (issue 12: taking ``_stext`` for the entry put the MOV of a CALL_OPS
+        site into its ops literal).  Mapping symbols (``$x``: AAELF64 5.5.4)
+        are left out.  Of several symbols at one address, a global one names
+        it.  Read as array columns: a vmlinux.o has tens of thousands.
         """
-        by_section: dict[int, list[tuple[int, int, int]]] = {}
-        strtab_off = strtab_size = 0
         tab = self.symtab
-        if tab is not None:
-            strtab = self.section(tab.sh_link, "symtab sh_link")
-            strtab_off, strtab_size = strtab.sh_offset, strtab.sh_size
-            self.check_range(strtab_off, strtab_size, "symbol string table")
+        if tab is None:
+            return {}
+        if tab.sh_entsize != SYM_SIZE:
+            raise MalformedElfError(self.where(tab.name), f"sh_entsize {tab.sh_entsize} is not 24")
+        strtab = self.section(tab.sh_link, "symtab sh_link")
+        strtab_off, strtab_size = strtab.sh_offset, strtab.sh_size
+        self.check_range(strtab_off, strtab_size, "symbol string table")
+        columns = array("Q")
+        with self.section_bytes(tab) as view:
+            columns.frombytes(view[: len(view) // SYM_SIZE * SYM_SIZE])
+        if self.big_endian != (sys.byteorder == "big"):
+            columns.byteswap()
+        # Word 0 packs st_name, st_info, st_other, st_shndx in file order.
+        if self.big_endian:
+            name_shift, info_shift, shndx_shift = 32, 24, 0
+        else:
+            name_shift, info_shift, shndx_shift = 0, 32, 48
+        head, values, sizes = columns[0::3], columns[1::3], columns[2::3]
         data = self.data
-        for index, (st_name, st_info, _o, st_shndx, st_value, st_size) in enumerate(
-            self._raw_symbols
-        ):
-            if st_info & 0xF != STT_FUNC or st_size == 0 or st_name == 0 or st_name >= strtab_size:
+        found: dict[int, list[tuple[int, int, int]]] = {}
+        for index in [
+            i
+            for i, (w, size) in enumerate(zip(head, sizes, strict=True))
+            if size and (w >> info_shift) & 0xF == STT_FUNC
+        ]:
+            w, value = head[index], values[index]
+            st_name = (w >> name_shift) & 0xFFFFFFFF
+            if value & 3 or st_name == 0 or st_name >= strtab_size:
                 continue
             if data[strtab_off + st_name] == 0x24:  # "$": mapping symbol
                 continue
+            st_shndx = (w >> shndx_shift) & 0xFFFF
             if st_shndx == SHN_XINDEX:
                 st_shndx = self.symbol(index).st_shndx
             elif st_shndx == SHN_UNDEF or st_shndx >= SHN_LORESERVE:
                 continue
-            rank = 0 if st_info >> 4 != STB_LOCAL else 1
-            by_section.setdefault(st_shndx, []).append((st_value, rank, index))
-        for entries in by_section.values():
+            local = (w >> info_shift) >> 4 & 0xF == STB_LOCAL
+            found.setdefault(st_shndx, []).append((value, local, index))
+        out: dict[int, tuple[list[int], list[int]]] = {}
+        for shndx, entries in found.items():
             entries.sort()
-        return by_section
+            starts: list[int] = []
+            symbols: list[int] = []
+            for value, _local, index in entries:
+                if not starts or starts[-1] != value:  # the first (global) names it
+                    starts.append(value)
+                    symbols.append(index)
+            out[shndx] = (starts, symbols)
+        return out
 
     # -- relocations -----------------------------------------------------
 
