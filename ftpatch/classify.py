@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 from ftpatch import arm64
 from ftpatch.elf.reader import ET_REL, ElfFile, Section
-from ftpatch.model import Layout, State
+from ftpatch.model import Layout, Problem, State
 
 NOP, MOV = arm64.NOP, arm64.MOV_X9_X30
 _BTI = arm64.BTI_LANDING_PADS
@@ -89,6 +89,7 @@ class Verdict(NamedTuple):
     mov: int | None = None  # first entry word: nop -> mov x9, x30
     slot: int | None = None  # second entry word: the BL slot
     entry: int | None = None  # where callers enter, from a function symbol
+    problem: Problem | None = None  # why an invalid site is invalid
 
 
 def code_of(elf: ElfFile, sec: Section) -> Code:
@@ -194,7 +195,13 @@ def classify(code: Code, r: int) -> Verdict:
             layout = _layout(0, w_prev in _BTI)
             return Verdict(_PRISTINE, r, owner, layout, None, r, r + 4)
         bad = r if w0 != NOP else r + 4
-        return Verdict(_INVALID, bad, owner, None, _found(code, bad, _EXPECT_NOP))
+        # (nop then no nop: read as a slot without its mov; mov then no nop:
+        # a slot holding something else.)
+        why = _found(code, bad, _EXPECT_NOP)
+        problem = Problem.NO_MOV if w0 == NOP else Problem.OTHER
+        if w0 != NOP and w_prev == MOV:
+            problem = Problem.SLOT_NOT_NOP
+        return Verdict(_INVALID, bad, owner, None, why, None, None, None, problem)
 
     kv = v >> 2
     bti = kv < nw and words[kv] in _BTI
@@ -210,24 +217,33 @@ def classify(code: Code, r: int) -> Verdict:
         )
         if w_e == NOP and w_slot == NOP:
             return Verdict(_PRISTINE, r, owner, layout, None, e, slot, v)
+        before = Problem.RECORD_BEFORE_ENTRY if r < e else None
         if w_e == MOV and w_slot == NOP:
             why = "half rewritten: mov x9, x30 present but record not moved to the BL slot"
-            return Verdict(_INVALID, e, owner, layout, why, e, slot, v)
+            problem = before or Problem.RECORD_ON_MOV
+            return Verdict(_INVALID, e, owner, layout, why, e, slot, v, problem)
         bad = e if w_e != NOP else slot
-        return Verdict(_INVALID, bad, owner, layout, _found(code, bad, _EXPECT_NOP), e, slot, v)
+        why = _found(code, bad, _EXPECT_NOP)
+        return Verdict(_INVALID, bad, owner, layout, why, e, slot, v, before or Problem.OTHER)
     if r == slot:
         layout = _rewritten_layout(code, v, bti)
         if w_e == NOP and w_slot == NOP:
             why = "half rewritten: record moved to the BL slot but no mov x9, x30 before it"
-            return Verdict(_INVALID, e, owner, layout, why, e, slot, v)
+            return Verdict(_INVALID, e, owner, layout, why, e, slot, v, Problem.NO_MOV)
         bad = e if w_e != MOV else slot
         expected = "mov x9, x30 (aa1e03e9)" if bad == e else _EXPECT_NOP
-        return Verdict(_INVALID, bad, owner, layout, _found(code, bad, expected), e, slot, v)
+        if bad == slot:
+            problem = Problem.SLOT_NOT_NOP
+        else:
+            problem = Problem.NO_MOV if w_slot == NOP else Problem.NO_MOV_NOR_NOP
+        why = _found(code, bad, expected)
+        return Verdict(_INVALID, bad, owner, layout, why, e, slot, v, problem)
     if r == v and bti:
         why = f"record points at the landing pad, {_found(code, r, _EXPECT_NOP)}"
-        return Verdict(_INVALID, r, owner, _rewritten_layout(code, v, bti), why)
+        layout = _rewritten_layout(code, v, bti)
+        return Verdict(_INVALID, r, owner, layout, why, None, None, None, Problem.OTHER)
     why = f"record is not at the entry of {code.function(owner)}: {_found(code, r, _EXPECT_NOP)}"
-    return Verdict(_INVALID, r, owner, None, why)
+    return Verdict(_INVALID, r, owner, None, why, None, None, None, Problem.OTHER)
 
 
 def _misaligned(code: Code, r: int) -> Verdict:
@@ -239,7 +255,7 @@ def _misaligned(code: Code, r: int) -> Verdict:
         if all(word_at(code, o) == NOP for o in range(r, starts[i], 4)):
             owner = i
     why = f"record is not 4-byte aligned ({code.name}+{r:#x})"
-    return Verdict(_INVALID, r, owner, None, why)
+    return Verdict(_INVALID, r, owner, None, why, None, None, None, Problem.MISALIGNED)
 
 
 def _starts_at(starts: list[int], offset: int) -> bool:
@@ -257,4 +273,4 @@ def _mov_in_prefix(code: Code, r: int, n: int, f: int) -> Verdict:
         f"mov x9, x30 in the prefix before {code.function(n)}, whose entry is {entry_words}: "
         "callers never run it, and the record is not on the BL slot"
     )
-    return Verdict(_INVALID, r - 4, n, None, why, None, None, f)
+    return Verdict(_INVALID, r - 4, n, None, why, None, None, f, Problem.OTHER)

@@ -156,7 +156,7 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
             r = values[r_sym] + (addend - (1 << 64) if addend >> 63 else addend)
             if r < 0 or r + 8 > size:
                 return None  # the general path names the place
-            state, _where, _owner, _layout, _why, mov, slot, _entry = classify(c, r)  # type: ignore[arg-type]
+            state, _where, _owner, _layout, _why, mov, slot, _entry, _p = classify(c, r)  # type: ignore[arg-type]
             if state is _PRISTINE:
                 pristine += 1
                 movs.append(mov >> 2)  # type: ignore[operator]  # aligned: entries start on the grid

@@ -31,8 +31,16 @@ class Location(NamedTuple):
 
     @property
     def place(self) -> str:
-        """The location without the file name: ``func+0x4``."""
-        return str(self).split(": ", 1)[-1]
+        """The location without the file name: ``func+0x4`` (empty for a whole file).
+
+        Built from the fields, never by splitting the text: a path may hold ": ".
+        """
+        if self.symbol is not None and self.symbol_offset is not None:
+            delta = self.symbol_offset
+            return f"{self.symbol}{'-' if delta < 0 else '+'}{abs(delta):#x}"
+        if self.section is not None and self.offset is not None:
+            return f"{self.section}+{self.offset:#x}"
+        return self.section or ""
 
     def moved(self, offset: int) -> Location:
         """The same place moved to ``offset`` in the same section."""
@@ -42,15 +50,8 @@ class Location(NamedTuple):
         return Location(self.path, self.section, offset, self.symbol, sym_off)
 
     def __str__(self) -> str:
-        if self.symbol is not None and self.symbol_offset is not None:
-            delta = self.symbol_offset
-            sign = "-" if delta < 0 else "+"
-            return f"{self.path}: {self.symbol}{sign}{abs(delta):#x}"
-        if self.section is not None and self.offset is not None:
-            return f"{self.path}: {self.section}+{self.offset:#x}"
-        if self.section is not None:
-            return f"{self.path}: {self.section}"
-        return self.path
+        place = self.place
+        return f"{self.path}: {place}" if place else self.path
 
 
 class State(enum.Enum):
@@ -62,6 +63,18 @@ class State(enum.Enum):
     # sort zeroes those of overridden weak functions), and so does every
     # ftpatch command: counted, reported, left alone.
     SKIPPED = "skipped"
+
+
+class Problem(enum.Enum):
+    """Why a site is invalid, as the classifier saw it (verify names its check by it)."""
+
+    MISALIGNED = "misaligned"  # the record is off the 4-byte grid
+    RECORD_ON_MOV = "record-on-mov"  # mov x9, x30 written, record not moved onto the slot
+    RECORD_BEFORE_ENTRY = "record-before-entry"  # in the prefix, entry not nop ; nop
+    NO_MOV = "no-mov"  # the record is on a slot with no mov x9, x30 before it
+    NO_MOV_NOR_NOP = "no-mov-nor-nop"  # ... and the slot is no nop either
+    SLOT_NOT_NOP = "slot-not-nop"  # mov x9, x30, then no nop where the record points
+    OTHER = "other"  # anything else: the reason says what
 
 
 class RecordKind(enum.Enum):
@@ -128,6 +141,7 @@ class Site(NamedTuple):
     # Where callers enter the function (offset in target_section): its typed,
     # sized function symbol; None where no such symbol says (then the words do).
     entry_offset: int | None = None
+    problem: Problem | None = None  # why an invalid site is invalid
 
 
 class Edit(NamedTuple):

@@ -14,7 +14,7 @@ from types import TracebackType
 from ftpatch.classify import Code, Verdict, classify, code_of
 from ftpatch.elf.reader import ET_REL, ElfFile, Section, open_elf
 from ftpatch.elf.records import RawRecord, object_records
-from ftpatch.model import Location, Record, RecordKind, RecordsMode, Site, State
+from ftpatch.model import Location, Problem, Record, RecordKind, RecordsMode, Site, State
 
 # What every command says of a zero record in a linked image (State.SKIPPED).
 ZERO_RECORD = "zero record, skipped as the kernel's ftrace_process_locs() does"
@@ -114,7 +114,9 @@ class _Classifier:
             where = Location(elf.path, raw.section.name, raw.index * 8)
             if raw.zero:
                 return Site(record, where, None, None, State.SKIPPED, ZERO_RECORD)
-            return Site(record, where, None, None, State.INVALID, raw.problem)
+            return Site(
+                record, where, None, None, State.INVALID, raw.problem, problem=Problem.OTHER
+            )
         code = self._codes.get(sec.index)
         if code is None:
             code = self._codes[sec.index] = code_of(elf, sec)
@@ -144,6 +146,7 @@ def site_of(
         None if slot is None else base + slot,
         (sec.sh_addr + slot) if linked and slot is not None else None,
         v.entry,
+        v.problem,
     )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ftpatch import arm64
 from ftpatch.elf.reader import SHT_RELA, ElfFile, Section
 from ftpatch.elf.records import RECORDS_SECTION, reloc_name
-from ftpatch.model import Location, Site, State
+from ftpatch.model import Location, Problem, Site, State
 from ftpatch.scan import ScanResult
 from ftpatch.verify.emulate import Case, Store
 from ftpatch.verify.findings import (
@@ -39,6 +39,16 @@ from ftpatch.verify.findings import (
     Scheme,
     Trampoline,
 )
+
+# The finding each of the classifier's reasons for an invalid site is.
+_PROBLEM_CHECKS = {
+    Problem.RECORD_ON_MOV: (CHECK_RECORD_ON_MOV,),
+    Problem.RECORD_BEFORE_ENTRY: (CHECK_RECORD,),
+    Problem.NO_MOV: (CHECK_MOV,),
+    Problem.NO_MOV_NOR_NOP: (CHECK_MOV, CHECK_SLOT_WORD),
+    Problem.SLOT_NOT_NOP: (CHECK_SLOT_WORD,),
+    Problem.OTHER: (CHECK_SCAN,),
+}
 
 # Relocatable objects have no addresses: the emulation places every code
 # section at this base (same page offsets, so alignment is what the file says).
@@ -399,8 +409,28 @@ class FileChecker:
         )
 
     def _layout_findings(self, site: Site, index: int, sec: Section, r: int) -> Iterator[Finding]:
-        """The layout ``[prefix] [BTI C] MOV X9,X30 ; NOP`` with the record on the NOP."""
-        if r % 4:
+        """The layout ``[prefix] [BTI C] MOV X9,X30 ; NOP`` with the record on the NOP.
+
+        The classifier has judged the site (``site.state``, ``site.problem``);
+        this only names the finding each judgement is.
+        """
+        if site.state is State.REWRITTEN:
+            return
+        if site.state is State.PRISTINE:
+            if self.scheme is Scheme.TWO_SLOT:
+                return  # the runtime of this scheme writes the MOV itself
+            at = site.mov_offset if site.mov_offset is not None else r
+            yield Finding(
+                CHECK_MOV,
+                self._locate(site, sec, at),
+                "site is not rewritten: no mov x9, x30 before the BL slot, so the "
+                "runtime would have to write it (nop -> mov x9, x30 is outside the "
+                f"permitted set, {arm64.CMODX_REVISION})",
+                site=index,
+            )
+            return
+        problem = site.problem or Problem.OTHER
+        if problem is Problem.MISALIGNED:
             yield Finding(
                 CHECK_SLOT_ALIGN,
                 self._locate(site, sec, r),
@@ -409,72 +439,20 @@ class FileChecker:
                 site=index,
             )
             return
-        if site.state is State.REWRITTEN:
-            return
-        if self.scheme is Scheme.TWO_SLOT and site.state is State.PRISTINE:
-            return  # the runtime of this scheme writes the MOV itself
-        w = self.word(sec, r)
-        before = self.word(sec, r - 4)
-        after = self.word(sec, r + 4)
-        mov_at, slot_at = site.mov_offset, site.slot_offset
-        if site.state is State.PRISTINE:
-            yield Finding(
-                CHECK_MOV,
-                self._locate(site, sec, mov_at if mov_at is not None else r),
-                "site is not rewritten: no mov x9, x30 before the BL slot, so the "
-                "runtime would have to write it (nop -> mov x9, x30 is outside the "
-                f"permitted set, {arm64.CMODX_REVISION})",
-                site=index,
-            )
-            return
-        if w == arm64.MOV_X9_X30 and after == arm64.NOP:
-            yield Finding(
-                CHECK_RECORD_ON_MOV,
-                self._locate(site, sec, r),
-                f"record points at the mov x9, x30, not at the BL slot "
-                f"{sec.name}+{r + 4:#x}: the runtime would overwrite the mov",
-                site=index,
-            )
-            return
-        if (slot_at is not None and r == slot_at) or (slot_at is None and w == arm64.NOP):
-            problems = 0
-            if before != arm64.MOV_X9_X30:
-                problems += 1
-                got = arm64.describe(before) if before is not None else "nothing"
-                yield Finding(
-                    CHECK_MOV,
-                    self._locate(site, sec, r - 4),
-                    f"expected mov x9, x30 (aa1e03e9) before the BL slot, found {got}",
-                    site=index,
+        for check in _PROBLEM_CHECKS[problem]:
+            message = site.reason or "invalid site"
+            if check == CHECK_RECORD_ON_MOV:
+                message = (
+                    f"record points at the mov x9, x30, not at the BL slot "
+                    f"{sec.name}+{r + 4:#x}: the runtime would overwrite the mov"
                 )
-            if w != arm64.NOP:
-                problems += 1
-                got = arm64.describe(w) if w is not None else "nothing"
-                yield Finding(
-                    CHECK_SLOT_WORD,
-                    self._locate(site, sec, r),
-                    f"BL slot holds {got}, expected nop (d503201f)",
-                    site=index,
-                )
-            if problems:
-                return
-        if w is not None and w != arm64.NOP and before == arm64.MOV_X9_X30:
-            yield Finding(
-                CHECK_SLOT_WORD,
-                self._locate(site, sec, r),
-                f"BL slot holds {arm64.describe(w)}, expected nop (d503201f)",
-                site=index,
-            )
-            return
-        if mov_at is not None and r < mov_at:
-            yield Finding(
-                CHECK_RECORD,
-                self._locate(site, sec, r),
-                f"record points before the entry ({site.reason or 'prefix'})",
-                site=index,
-            )
-            return
-        yield Finding(CHECK_SCAN, site.location, site.reason or "invalid site", site=index)
+            elif check == CHECK_RECORD:
+                message = f"record points before the entry ({message})"
+            elif check == CHECK_SLOT_WORD and problem is Problem.NO_MOV_NOR_NOP:
+                slot = site.slot_offset if site.slot_offset is not None else r
+                word = self.word(sec, slot)
+                message = f"BL slot holds {arm64.describe(word or 0)}, expected nop (d503201f)"
+            yield Finding(check, site.location, message, site=index)
 
     def _alignment_findings(
         self, site: Site, index: int, sec: Section, f: int | None, patched: int
