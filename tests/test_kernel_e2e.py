@@ -128,13 +128,13 @@ def test_every_site_rewritten_and_seen_by_the_kernel(summary: dict[str, object])
         "pristine": 0,
         "rewritten": sites,
         "invalid": 0,
-        "discarded": 0,
+        "skipped": 0,
     }
     assert summary["scan_counts_vmlinux_stock"] == {
         "pristine": sites,
         "rewritten": 0,
         "invalid": 0,
-        "discarded": 0,
+        "skipped": 0,
     }
     # binutils objdump -d at every one of those sites: "mov x9, x30; nop"
     # in the ftpatch vmlinux, "nop; nop" in the stock one.
