@@ -3,21 +3,25 @@
 Exit status: 0 success; 1 ``--check`` found work to do, or ``verify`` found a
 failing site; 2 bad input or an I/O error (the input is left untouched).
 With several files the status is the worst of them.
+
+Start-up is most of a one-object rewrite (benchmarks/bench_rewrite.py), so
+this module imports only what every command needs; each command imports its
+own machinery, and json only with --json.  No ``from __future__ import
+annotations``: typer would evaluate every string annotation of every command
+at each start (about 3 ms).
 """
 
-from __future__ import annotations
-
+import enum
 import functools
-import json
 import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
+from typer.core import TyperCommand
 
 from ftpatch import __version__
 from ftpatch.errors import FtpatchError
@@ -39,6 +43,14 @@ app = typer.Typer(
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 
+class _Command(TyperCommand):
+    """Usage lines as a man page writes them, ``FILE...``: typer braces a
+    required argument's metavar (``{files}...``)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+
 def _err(message: str) -> None:
     sys.stderr.write(message.rstrip("\n") + "\n")
 
@@ -48,6 +60,8 @@ def _out(message: str) -> None:
 
 
 def _internal(path: str, exc: BaseException) -> str:
+    """The one-line message of an unexpected exception (its traceback too,
+    once, with FTPATCH_DEBUG set): call it once per error."""
     if os.environ.get("FTPATCH_DEBUG"):
         import traceback
 
@@ -71,29 +85,38 @@ def _main(
     pass
 
 
-FilesArg = Annotated[list[Path], typer.Argument(help="ELF files (.o, ld -r output, images).")]
+FilesArg = Annotated[
+    list[Path],
+    typer.Argument(metavar="FILE...", help="ELF files (.o, ld -r output, images)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
+class Records(enum.StrEnum):
+    """--records: typer lists an Enum's values as the option's choices."""
+
+    AUTO = "auto"
+    SECTION = "section"
+    MCOUNT_LOC = "mcount-loc"
+
+
 RecordsOpt = Annotated[
-    str,
+    Records,
     typer.Option(
         "--records",
-        help="Linked images: where the records are: 'section' (__patchable_function_entries), "
-        "'mcount-loc' (between __start_mcount_loc and __stop_mcount_loc) or 'auto'.",
+        help="Linked images: where the records are: section (__patchable_function_entries), "
+        "mcount-loc (between __start_mcount_loc and __stop_mcount_loc), or auto "
+        "(mcount-loc when the image has those symbols, else section).",
     ),
 ]
 
 
-def _records_mode(value: str) -> RecordsMode:
-    if value not in ("auto", "section", "mcount-loc"):
-        _err(f"ftpatch: --records must be auto, section or mcount-loc, not {value!r}")
-        raise typer.Exit(EXIT_ERROR)
-    return value  # type: ignore[return-value]
+def _records_mode(value: Records) -> RecordsMode:
+    return value.value
 
 
-@app.command()
-def scan(files: FilesArg, records: RecordsOpt = "auto", json_: JsonOpt = False) -> None:
+@app.command(cls=_Command)
+def scan(files: FilesArg, records: RecordsOpt = Records.AUTO, json_: JsonOpt = False) -> None:
     """List every record of __patchable_function_entries and the state of its site.
 
     States: pristine (nop; nop), rewritten (mov x9, x30; nop with the record on
@@ -121,22 +144,28 @@ def scan(files: FilesArg, records: RecordsOpt = "auto", json_: JsonOpt = False) 
         except BrokenPipeError:
             raise
         except Exception as exc:
-            _err(_internal(path, exc))
-            docs.append({"path": path, "error": _internal(path, exc)})
+            msg = _internal(path, exc)
+            _err(msg)
+            docs.append({"path": path, "error": msg})
             status = EXIT_ERROR
     if json_:
+        import json
+
         _out(json.dumps({"files": docs}, indent=2))
     raise typer.Exit(status)
 
 
 def _collect(files: list[Path], recursive: bool) -> list[str]:
-    """Files in command-line order; directories (with -r) walked in sorted order for *.o."""
+    """Files in command-line order; directories (with -r) walked in sorted order for *.o.
+
+    Without -r a directory stays in the list: its rewrite fails alone
+    (``_rewrite_one``), as in scan and verify, and the other files go on.
+    Entries of a walk that are not regular files (a FIFO named x.o) are
+    kept too, and refused by the rewrite like one named on the command line.
+    """
     out: list[str] = []
     for file in files:
-        if file.is_dir():
-            if not recursive:
-                _err(f"{file}: is a directory (use -r to rewrite the objects under it)")
-                raise typer.Exit(EXIT_ERROR)
+        if recursive and file.is_dir():
             for root, dirs, names in os.walk(file):
                 dirs.sort()
                 out.extend(os.path.join(root, n) for n in sorted(names) if n.endswith(".o"))
@@ -145,8 +174,7 @@ def _collect(files: list[Path], recursive: bool) -> list[str]:
     return out
 
 
-@dataclass(frozen=True)
-class _Outcome:
+class _Outcome(NamedTuple):
     """What one file's rewrite has to say; built in a worker, printed by the parent."""
 
     status: int
@@ -168,6 +196,9 @@ def _rewrite_one(
     from ftpatch.rewrite import rewrite_file
     from ftpatch.scan import zero_records_note
 
+    if os.path.isdir(path):  # only without -r: _collect walks them with it
+        msg = f"{path}: is a directory (use -r to rewrite the objects under it)"
+        return _Outcome(EXIT_ERROR, (), (msg,), {"path": path, "error": msg})
     try:
         result = rewrite_file(
             path, output, check=check, dry_run=dry_run, records_mode=records, detail=detail
@@ -198,7 +229,7 @@ def _default_jobs() -> int:
         return os.cpu_count() or 1
 
 
-@app.command()
+@app.command(cls=_Command)
 def rewrite(
     files: FilesArg,
     output: Annotated[
@@ -217,10 +248,15 @@ def rewrite(
     jobs: Annotated[
         int | None,
         typer.Option(
-            "-j", "--jobs", min=1, help="Files processed in parallel [default: all cores]."
+            "-j",
+            "--jobs",
+            min=1,
+            metavar="N",
+            show_default=False,
+            help="Files processed in parallel (default: one per CPU this process may use).",
         ),
     ] = None,
-    records: RecordsOpt = "auto",
+    records: RecordsOpt = Records.AUTO,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print errors only.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -250,6 +286,8 @@ def rewrite(
     )
     outcomes = _run_many(work, paths, jobs or _default_jobs(), stream=not json_)
     if json_:
+        import json
+
         _out(json.dumps({"files": [o.doc for o in outcomes]}, indent=2))
     raise typer.Exit(max((o.status for o in outcomes), default=EXIT_OK))
 
@@ -331,7 +369,7 @@ def _run_many(
     return done
 
 
-@app.command()
+@app.command(cls=_Command)
 def verify(
     files: FilesArg,
     trampoline: Annotated[
@@ -349,8 +387,9 @@ def verify(
             "--scheme",
             metavar="single-slot|two-slot",
             help="single-slot: the runtime changes only the BL slot (ftpatch's contract). "
-            "two-slot: the runtime writes MOV then BL, as it must without the rewrite "
-            "(the verifier must find the counterexample).",
+            "two-slot: the runtime writes MOV then BL, as it must without the rewrite; "
+            "on a pristine input (before ftpatch rewrite) the verifier finds the "
+            "counterexample, on a rewritten one the MOV is already there and it reports ok.",
         ),
     ] = "single-slot",
     sites: Annotated[
@@ -438,8 +477,9 @@ def verify(
                 status = max(status, exc.exit_status)
                 continue
             except Exception as exc:
-                _err(_internal(path, exc))
-                docs.append({"path": path, "error": _internal(path, exc)})
+                msg = _internal(path, exc)
+                _err(msg)
+                docs.append({"path": path, "error": msg})
                 status = EXIT_ERROR
                 continue
             reports.append(report)
@@ -454,6 +494,8 @@ def verify(
             bar.stop()
     elapsed = time.perf_counter() - started
     if json_:
+        import json
+
         _out(json.dumps({"files": docs, "exit_status": status}, indent=2))
     elif len(reports) == 1:
         _out(summary_line(reports[0]))

@@ -180,6 +180,8 @@ class Edit(NamedTuple):
 
 @dataclass(frozen=True)
 class Plan:
+    """Every site of one file and the same-size edits that rewrite them."""
+
     path: str
     sites: tuple[Site, ...]
     edits: tuple[Edit, ...] = field(default=())

@@ -19,7 +19,7 @@
 #   FTPATCH_KERNEL_WORK  work directory (default /var/tmp/ftpatch-kernel)
 #   FTPATCH_KERNEL_REUSE 1 = keep the extracted tree and build dir of a previous
 #                        run (incremental; build times are then meaningless)
-#   FTPATCH              ftpatch command (default: python3 -m ftpatch from this repo)
+#   FTPATCH              ftpatch command (default: python -m ftpatch from this repo, .venv's python if any)
 #   FTPATCH_E2E_SWITCHES function tracer on/off cycles in the ftpatch boot (30)
 #   FTPATCH_QEMU_TIMEOUT seconds before a boot is killed (900)
 #   FTPATCH_FLAKE_RETRIES boots after a known qemu flake, each reported (12)
@@ -30,7 +30,9 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${FTPATCH_KERNEL_WORK:-/var/tmp/ftpatch-kernel}
 REUSE=${FTPATCH_KERNEL_REUSE:-0}
-FTPATCH_CMD=${FTPATCH:-env PYTHONPATH=$REPO python3 -m ftpatch}
+# The venv scripts/install-deps.sh makes, when there is one (Debian's python3 has no ftpatch deps).
+FTPATCH_PY=python3; [[ -x $REPO/.venv/bin/python ]] && FTPATCH_PY=$REPO/.venv/bin/python
+FTPATCH_CMD=${FTPATCH:-env PYTHONPATH=$REPO $FTPATCH_PY -m ftpatch}
 SWITCHES=${FTPATCH_E2E_SWITCHES:-30}
 QEMU_TIMEOUT=${FTPATCH_QEMU_TIMEOUT:-900}
 FLAKE_RETRIES=${FTPATCH_FLAKE_RETRIES:-12}
