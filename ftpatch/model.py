@@ -144,6 +144,14 @@ class Site(NamedTuple):
     problem: Problem | None = None  # why an invalid site is invalid
 
 
+class EditKind(enum.Enum):
+    """What an Edit changes."""
+
+    MOV = "mov"  # the first entry word: nop -> mov x9, x30
+    RECORD = "record"  # the value that moves to the BL slot (addend or word)
+    RECORD_WORD = "record-word"  # a second copy of it (GNU ld's PIE word)
+
+
 class Edit(NamedTuple):
     """One same-size byte change, carrying the bytes it expects to replace.
 
@@ -156,12 +164,12 @@ class Edit(NamedTuple):
     old: bytes
     new: bytes
     site: Site
-    kind: str
+    kind: EditKind
 
     @property
     def location(self) -> Location:
         site = self.site
-        if self.kind == "mov" and site.mov_offset is not None:
+        if self.kind is EditKind.MOV and site.mov_offset is not None:
             return site.location.moved(site.mov_offset)
         r = site.record
         return Location(site.location.path, r.section, r.index * 8)
@@ -169,12 +177,12 @@ class Edit(NamedTuple):
     @property
     def what(self) -> str:
         site = self.site
-        if self.kind == "mov":
+        if self.kind is EditKind.MOV:
             return "mov x9, x30"
         assert site.slot_offset is not None
         delta = site.slot_offset - site.record.target_offset
         slot = site.location.moved(site.slot_offset).place
-        label = "record word" if self.kind == "record-word" else "record"
+        label = "record word" if self.kind is EditKind.RECORD_WORD else "record"
         return f"{label} +{delta:#x} -> {slot}"
 
 

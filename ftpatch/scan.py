@@ -36,6 +36,11 @@ class ScanResult:
     sites: tuple[Site, ...]
 
     @property
+    def linked(self) -> bool:
+        """A linked image (ET_EXEC, ET_DYN): addresses are real."""
+        return bool(self.elf.e_type != ET_REL)
+
+    @property
     def kind(self) -> str:
         return {1: "relocatable", 2: "executable", 3: "shared"}.get(self.elf.e_type, "other")
 

@@ -113,7 +113,7 @@ class FileChecker:
         self.path = result.path
         self.scheme = scheme
         self.trampoline = trampoline
-        self.linked = result.kind != "relocatable"
+        self.linked = result.linked
         self._code = sorted((s for s in self.elf.sections if s.is_code), key=lambda s: s.sh_offset)
         self._code_starts = [s.sh_offset for s in self._code]
         self._applied: dict[int, dict[int, tuple[str, int]]] | None = None
