@@ -98,14 +98,17 @@ def verify_file(
             if emulated:
                 assert engine is not None
                 explorations = [
-                    engine.explore(case, trace=traced < MAX_TRACES) for case in plan.cases
+                    engine.explore(case, trace=traced < MAX_TRACES, origin=(path, i))
+                    for case in plan.cases
                 ]
                 traced += sum(len(x.counterexamples) for x in explorations)
             for n, (name, stores) in enumerate(zip(plan.names, plan.stores, strict=True)):
                 if emulated:
                     x = explorations[n]
                     transitions.append(
-                        TransitionResult(name, stores, x.interleavings, x.failing, x.truncated)
+                        TransitionResult(
+                            name, stores, x.interleavings, x.failing, x.truncated, x.emulation
+                        )
                     )
                     findings.extend(_emulation_findings(site.location, i, x))
                 else:

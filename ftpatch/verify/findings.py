@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from ftpatch.model import Location, Site
-from ftpatch.verify.emulate import Counterexample, Store
+from ftpatch.verify.emulate import Counterexample, Emulation, Store
 
 
 class Scheme(enum.Enum):
@@ -86,6 +86,9 @@ class TransitionResult:
     interleavings: int = 0
     failing: int = 0
     truncated: bool = False
+    # The emulation that covered it: its own run, or one whose recorded bytes
+    # this transition matches (emulate.py, "Sharing").
+    emulation: Emulation | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,16 @@ class VerifyReport:
     @property
     def emulated(self) -> int:
         return sum(1 for s in self.sites if s.emulated)
+
+    @property
+    def emulations(self) -> int:
+        """Emulations run for this file; the other emulated transitions reused one."""
+        return sum(
+            1
+            for s in self.sites
+            for t in s.transitions
+            if t.emulation is not None and not t.emulation.reused
+        )
 
     @property
     def failing_sites(self) -> int:
