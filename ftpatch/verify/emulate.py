@@ -77,6 +77,7 @@ _HINTS = frozenset(
 )
 _MOV_X_MASK, _MOV_X = 0xFFE0FFE0, 0xAA0003E0  # mov xd, xm (orr xd, xzr, xm)
 _MOVZ_X_MASK, _MOVZ_X = 0xFF800000, 0xD2800000  # movz xd, #imm16, lsl #(16*hw)
+_LDR_LITERAL_MASK, _LDR_LITERAL = 0xBF000000, 0x18000000  # ldr wt|xt, label
 _BR_MASK = 0xFFFFFC1F
 _BR_WORDS = frozenset({0xD61F0000, 0xD63F0000, 0xD65F0000})  # br, blr, ret xn
 
@@ -87,8 +88,9 @@ def placement_free(word: int) -> bool:
     These read no absolute address and compute nothing from one: hints that
     only mark landing pads (NOP, BTI; not PACIASP, whose MAC covers X30),
     register moves, constants, B/BL with an immediate (the target and the
-    link value move with the code; ``_shareable`` checks where they lead) and
-    BR/BLR/RET (they jump to whatever the moved values say).  The checks
+    link value move with the code; ``_shareable`` checks where they lead),
+    BR/BLR/RET (they jump to whatever the moved values say) and LDR of a
+    literal (it reads the word at the same distance, which the key records).  The checks
     compare such values only with each other: the caller's return address
     sits at +4 into its own page, where no code and no initial register
     value (sentinels end in 00, X9 in 09, the stub's LR in 30) can be.
@@ -99,6 +101,7 @@ def placement_free(word: int) -> bool:
         or word & _MOVZ_X_MASK == _MOVZ_X
         or word & arm64.BRANCH_MASK in (arm64.B_OPCODE, arm64.BL_OPCODE)
         or word & _BR_MASK in _BR_WORDS
+        or word & _LDR_LITERAL_MASK == _LDR_LITERAL
     )
 
 
