@@ -35,6 +35,7 @@ them: nothing on the rewrite path imports this module's dependencies.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -284,6 +285,22 @@ class _Shared:
 _Key = tuple[int, int, tuple[tuple[int, int, int], ...], int, int, int, int]
 
 
+_DATA_END = LOG_BASE + LOG_SIZE  # the emulator's stack and log end here
+
+
+class _Picker:
+    """The words at ``indexes``, as one hashable value (itemgetter, any length)."""
+
+    __slots__ = ("_get", "indexes")
+
+    def __init__(self, indexes: tuple[int, ...]) -> None:
+        self.indexes = indexes
+        self._get: Any = operator.itemgetter(*indexes) if indexes else None
+
+    def __call__(self, words: tuple[int, ...]) -> Any:
+        return self._get(words) if self._get is not None else ()
+
+
 _CALLEE_SAVED = tuple(range(19, 29))  # x19..x28; x29 (FP) checked with them
 
 
@@ -326,7 +343,9 @@ class Engine:
         # only fills the log's third field, which no check reads; any other
         # trampoline must pass ``placement_free`` word by word to be shared.
         self._tramp_trusted = trampoline == CONTRACT_TRAMPOLINE
-        self._shared: dict[_Key, dict[tuple[int, ...], dict[tuple[int, ...], _Shared]]] = {}
+        # key -> [(the recorded words' picker, {their values: result})]
+        self._shared: dict[_Key, list[tuple[_Picker, dict[Any, _Shared]]]] = {}
+        self._tramp_span = len(self._tramp_bytes)
         self._shared_count = 0
         self._fetched: set[int] = set()
         self._reads: list[tuple[int, int]] = []
@@ -606,7 +625,7 @@ class Engine:
                         examples,
                         hit.truncated,
                         hit.fetched_changed,
-                        Emulation(hit.emulation.id, hit.emulation.origin, True),
+                        hit.emulation,
                     )
                 self.retrace_mismatches += 1  # never seen; run it as if new
         self.emulations += 1
@@ -618,17 +637,19 @@ class Engine:
             indexes = self._shareable(case, caller)
             if indexes is not None:
                 key, words = shape
-                self._shared.setdefault(key, {}).setdefault(indexes, {})[
-                    tuple(words[i] for i in indexes)
-                ] = _Shared(
-                    emulation,
-                    count,
-                    len(failing),
-                    tuple(failing[: self.max_counterexamples]),
-                    truncated,
-                    fetched_changed,
+                self._keep(
+                    key,
+                    words,
+                    indexes,
+                    _Shared(
+                        Emulation(emulation.id, origin, True),
+                        count,
+                        len(failing),
+                        tuple(failing[: self.max_counterexamples]),
+                        truncated,
+                        fetched_changed,
+                    ),
                 )
-                self._shared_count += 1
         examples = tuple(self.run_one(case, f) for f in failing[:keep])
         return Exploration(
             case, count, len(failing), examples, truncated, fetched_changed, emulation
@@ -642,36 +663,47 @@ class Engine:
         Its own layout must mean what the key says: trampolines intact (not
         overlapping the entry words or the stores) and nothing where the
         emulator keeps its data (that case fails loudly when it runs).
+        This runs once per case, shared or not: it is kept lean.
         """
-        start, body = case.start, case.body
+        start = case.start
+        words = case.words
+        end = start + 4 * len(words) + 4  # the body word is mapped too
         tramps = case.trampolines
-        span = len(self._tramp_bytes)
-        low = min([start, *tramps, *(s.address for s in case.stores)])
-        high = max([body + 4, *(t + span for t in tramps), *(s.address + 4 for s in case.stores)])
-        if high > STACK_BASE and low < LOG_BASE + LOG_SIZE:
+        span = self._tramp_span
+        stores = case.stores
+        if end > STACK_BASE and start < _DATA_END:
             return None
         for t in tramps:
-            if t < body + 4 and start < t + span:
+            if (t < end and start < t + span) or (t + span > STACK_BASE and t < _DATA_END):
                 return None
-            if any(t < s.address + 4 and s.address < t + span for s in case.stores):
+            for st in stores:
+                if t < st.address + 4 and st.address < t + span:
+                    return None
+        bl = arm64.BL_OPCODE
+        mask = arm64.BRANCH_MASK
+        if any(w & mask == bl for w in words):
+            tokens = list(words)
+            for i, w in enumerate(words):
+                if w & mask == bl:
+                    target = arm64.bl_target(start + 4 * i, w)
+                    if target in tramps:
+                        tokens[i] = -1 - tramps.index(target)
+            words = tuple(tokens)
+        relative = []
+        for st in stores:
+            a = st.address
+            if a + 4 > STACK_BASE and a < _DATA_END:
                 return None
-
-        def token(word: int, address: int) -> int:
-            if word & arm64.BRANCH_MASK == arm64.BL_OPCODE:
-                target = arm64.bl_target(address, word)
-                if target in tramps:
-                    return -1 - tramps.index(target)
-            return word
-
-        words = tuple(token(w, start + 4 * i) for i, w in enumerate(case.words))
-        stores = tuple(
-            (s.address - start, token(s.old, s.address), token(s.new, s.address))
-            for s in case.stores
-        )
+            old, new = st.old, st.new
+            if old & mask == bl and arm64.bl_target(a, old) in tramps:
+                old = -1 - tramps.index(arm64.bl_target(a, old))
+            if new & mask == bl and arm64.bl_target(a, new) in tramps:
+                new = -1 - tramps.index(arm64.bl_target(a, new))
+            relative.append((a - start, old, new))
         key: _Key = (
             len(words),
             case.entry - start,
-            stores,
+            tuple(relative),
             len(tramps),
             self.max_steps,
             self.max_interleavings,
@@ -680,11 +712,23 @@ class Engine:
         return key, words
 
     def _lookup(self, key: _Key, words: tuple[int, ...]) -> _Shared | None:
-        for indexes, table in self._shared.get(key, {}).items():
-            hit = table.get(tuple(words[i] for i in indexes))
+        for pick, table in self._shared.get(key, ()):
+            hit = table.get(pick(words))
             if hit is not None:
                 return hit
         return None
+
+    def _keep(
+        self, key: _Key, words: tuple[int, ...], indexes: tuple[int, ...], result: _Shared
+    ) -> None:
+        tables = self._shared.setdefault(key, [])
+        found = next(((p, t) for p, t in tables if p.indexes == indexes), None)
+        if found is None:
+            found = (_Picker(indexes), {})
+            tables.append(found)
+        pick, table = found
+        table[pick(words)] = result
+        self._shared_count += 1
 
     def _shareable(self, case: Case, caller: int) -> tuple[int, ...] | None:
         """The entry words the runs fetched or read, or None when the result
