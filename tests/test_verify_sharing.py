@@ -217,3 +217,16 @@ def test_two_slot_counterexamples_stay_at_each_sites_addresses() -> None:
         site = report.sites[f.site]
         assert ce.case.entry == site.entry_address
         assert any(s.address == site.slot_address for s in ce.steps)
+
+
+def test_another_trampoline_shares_only_when_placement_free() -> None:
+    """Not the contract trampoline: its own words must pass ``placement_free``."""
+    plain = Engine("tramp:\n    mov x16, x30\n    mov x30, x9\n    ret x16\n")
+    base = enable(BASE, [MOV_X9_X30, NOP], 0, 1)
+    first(plain, base)
+    x = plain.explore(other_place(base, 0x8000))
+    assert x.ok and x.emulation is not None and x.emulation.reused
+    adr = Engine("tramp:\n    adr x16, tramp\n    mov x16, x30\n    mov x30, x9\n    ret x16\n")
+    first(adr, base)
+    y = adr.explore(other_place(base, 0x8000))
+    assert y.ok and y.emulation is not None and not y.emulation.reused

@@ -741,12 +741,14 @@ class Engine:
         span = len(self._tramp_bytes)
         stores = {s.address: s for s in case.stores}
 
-        def free(word: int, address: int, low: int, high: int) -> bool:
+        def free(word: int, address: int, low: int, high: int, *, calls: bool = True) -> bool:
+            """Placement-free, its branch landing in [low, high] or, with
+            ``calls``, a BL to a trampoline (the key names which)."""
             if not placement_free(word):
                 return False
             if word & arm64.BRANCH_MASK in (arm64.B_OPCODE, arm64.BL_OPCODE):
                 target = arm64.bl_target(address, word)  # same imm26 for B
-                if word & arm64.BRANCH_MASK == arm64.BL_OPCODE and target in tramps:
+                if calls and word & arm64.BRANCH_MASK == arm64.BL_OPCODE and target in tramps:
                     return True
                 return low <= target <= high
             return True
@@ -758,9 +760,13 @@ class Engine:
             tramp = next((t for t in tramps if t <= address < t + span), None)
             if tramp is not None:
                 offset = address - tramp
+                # Its words are the same everywhere, so a BL in it reaches the
+                # other trampoline only as far as this layout puts it: stay inside.
                 if not self._tramp_trusted and (
                     offset % 4
-                    or not free(self._tramp[offset // 4], address, tramp, tramp + span - 4)
+                    or not free(
+                        self._tramp[offset // 4], address, tramp, tramp + span - 4, calls=False
+                    )
                 ):
                     return None
                 continue
