@@ -27,6 +27,9 @@ MOV_X9_X29 = 0xAA1D03E9  # mov x9, x29
 LDR_X17_MINUS4 = 0x58FFFFF1  # ldr x17, .-4 (a literal one word back)
 ADD_X0_1 = 0x91000400  # add x0, x0, #1
 ADR_X0 = 0x10000000  # adr x0, .
+LDR_X30_MINUS8 = 0x58FFFFDE  # ldr x30, .-8
+MOVZ_X30 = 0xD280009E  # mov x30, #4
+PACIASP = 0xD503233F  # paciasp
 
 
 def enable(start: int, words: list[int], entry_index: int, slot_index: int) -> Case:
@@ -133,20 +136,35 @@ def test_a_word_never_fetched_may_differ(engine: Engine) -> None:
         assert x.emulation is not None and x.emulation.reused
 
 
-def test_a_data_word_read_is_part_of_the_key(engine: Engine) -> None:
-    """``ldr x17, .-4`` reads the word before the entry: that word now counts."""
-    assert placement_free(LDR_X17_MINUS4)
+def test_a_data_word_read_keeps_its_emulation(engine: Engine) -> None:
+    """``ldr x17, .-4`` reads the word before the entry: the same bytes
+    elsewhere, or that word one byte different, run their own emulation."""
+    assert not placement_free(LDR_X17_MINUS4)
     words = [0x1111_1111, LDR_X17_MINUS4, MOV_X9_X30, NOP]
     first(engine, enable(BASE, words, 1, 3))
     same = engine.explore(enable(BASE + 0x8000, words, 1, 3))
-    assert same.emulation is not None and same.emulation.reused
+    assert same.ok and same.emulation is not None and not same.emulation.reused
     for byte in range(4):
         data = flip(0x1111_1111, byte)
         x = engine.explore(enable(BASE + 0x9000, [data, LDR_X17_MINUS4, MOV_X9_X30, NOP], 1, 3))
         assert x.emulation is not None and not x.emulation.reused, byte
 
 
-@pytest.mark.parametrize("word", [ADD_X0_1, ADR_X0])
+def test_a_loaded_word_equal_to_the_return_address_is_judged_where_it_is(engine: Engine) -> None:
+    """Why loads and constants never share: ``ldr x30, .-8`` loads a word
+    that is the caller's return address at one place only."""
+    words = [0, 0, LDR_X30_MINUS8, MOV_X9_X30, NOP]
+    here = enable(BASE, words, 2, 4)
+    ret = engine.caller_for(here) + 4
+    words[0], words[1] = ret & 0xFFFF_FFFF, ret >> 32
+    lucky = engine.explore(enable(BASE, words, 2, 4))
+    assert lucky.ok  # x30 holds the return address, by coincidence
+    elsewhere = engine.explore(enable(BASE + 0x8000, words, 2, 4))
+    assert not elsewhere.ok
+    assert elsewhere.emulation is not None and not elsewhere.emulation.reused
+
+
+@pytest.mark.parametrize("word", [ADD_X0_1, ADR_X0, MOVZ_X30, LDR_X17_MINUS4, PACIASP])
 def test_code_that_may_depend_on_its_place_never_shares(engine: Engine, word: int) -> None:
     """An ADR (or anything outside ``placement_free``) on the entry path: even
     the same bytes elsewhere run their own emulation."""
@@ -230,3 +248,11 @@ def test_another_trampoline_shares_only_when_placement_free() -> None:
     first(adr, base)
     y = adr.explore(other_place(base, 0x8000))
     assert y.ok and y.emulation is not None and not y.emulation.reused
+
+
+def test_cases_near_the_initial_register_values_do_not_share(engine: Engine) -> None:
+    """There an address could equal a sentinel the judge compares with."""
+    base = enable(BASE, [MOV_X9_X30, NOP], 0, 1)
+    first(engine, base)
+    x = engine.explore(other_place(base, 0x5A5A_0000_1000_0000 - BASE))
+    assert x.ok and x.emulation is not None and not x.emulation.reused
