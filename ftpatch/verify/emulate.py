@@ -65,7 +65,7 @@ def _sentinel(reg: int) -> int:
 
 # Emulation results an engine keeps for reuse; past this it stops adding
 # (a file of all-different entries then costs what it cost before sharing).
-MAX_SHARED = 65536
+MAX_SHARED = 4096
 
 _HINTS = frozenset(
     {
