@@ -293,6 +293,12 @@ _MAGIC_WINDOWS = frozenset(
 )
 
 
+def _bl_target(address: int, word: int) -> int:
+    """``arm64.bl_target``, inlined for the per-case key."""
+    imm26 = word & 0x3FFFFFF
+    return address + 4 * (imm26 - 0x4000000 if imm26 & 0x2000000 else imm26)
+
+
 class _Picker:
     """The words at ``indexes``, as one hashable value (itemgetter, any length)."""
 
@@ -686,15 +692,15 @@ class Engine:
             for st in stores:
                 if t < st.address + 4 and st.address < t + span:
                     return None
-        bl = arm64.BL_OPCODE
-        mask = arm64.BRANCH_MASK
-        if any(w & mask == bl for w in words):
-            tokens = list(words)
-            for i, w in enumerate(words):
-                if w & mask == bl:
-                    target = arm64.bl_target(start + 4 * i, w)
-                    if target in tramps:
-                        tokens[i] = -1 - tramps.index(target)
+        tokens: list[int] | None = None
+        for i, w in enumerate(words):
+            if w & 0xFC000000 == 0x94000000:  # bl: a call to a trampoline is named by index
+                target = _bl_target(start + 4 * i, w)
+                if target in tramps:
+                    if tokens is None:
+                        tokens = list(words)
+                    tokens[i] = -1 - tramps.index(target)
+        if tokens is not None:
             words = tuple(tokens)
         relative = []
         for st in stores:
@@ -702,10 +708,10 @@ class Engine:
             if a + 4 > STACK_BASE and a < _DATA_END:
                 return None
             old, new = st.old, st.new
-            if old & mask == bl and arm64.bl_target(a, old) in tramps:
-                old = -1 - tramps.index(arm64.bl_target(a, old))
-            if new & mask == bl and arm64.bl_target(a, new) in tramps:
-                new = -1 - tramps.index(arm64.bl_target(a, new))
+            if old & 0xFC000000 == 0x94000000 and _bl_target(a, old) in tramps:
+                old = -1 - tramps.index(_bl_target(a, old))
+            if new & 0xFC000000 == 0x94000000 and _bl_target(a, new) in tramps:
+                new = -1 - tramps.index(_bl_target(a, new))
             relative.append((a - start, old, new))
         key: _Key = (
             len(words),
