@@ -144,7 +144,7 @@ def assemble(source: str) -> tuple[int, ...]:
     return tuple(arm64.read_word(code, i) for i in range(0, len(code), 4))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Store:
     """One word the runtime patcher writes: ``old`` -> ``new`` at ``address``."""
 
@@ -153,7 +153,7 @@ class Store:
     new: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Case:
     """One transition of one function entry, as the engine sees it.
 
@@ -222,7 +222,7 @@ class Counterexample:
         return self.caller + 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Emulation:
     """The emulation that covered a case: which run, and whose case ran it.
 
@@ -236,7 +236,7 @@ class Emulation:
     reused: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Exploration:
     """Result of exploring every interleaving of one Case."""
 

@@ -45,7 +45,7 @@ CHECK_SKIPPED = "skipped"  # a zero record, skipped as the kernel does (notes)
 CHECK_COVERAGE = "coverage"  # something was not checked (notes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
     check: str
     location: Location
@@ -77,7 +77,7 @@ class Trampoline:
         return self.name or "unknown"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TransitionResult:
     """One runtime transition of one site and what its emulation explored."""
 
@@ -91,7 +91,7 @@ class TransitionResult:
     emulation: Emulation | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SiteResult:
     index: int
     site: Site
