@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from ftpatch.model import Location, Site
-from ftpatch.verify.emulate import Counterexample, Store
+from ftpatch.verify.emulate import Counterexample, Emulation, Store
 
 
 class Scheme(enum.Enum):
@@ -45,7 +45,7 @@ CHECK_SKIPPED = "skipped"  # a zero record, skipped as the kernel does (notes)
 CHECK_COVERAGE = "coverage"  # something was not checked (notes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
     check: str
     location: Location
@@ -77,7 +77,7 @@ class Trampoline:
         return self.name or "unknown"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TransitionResult:
     """One runtime transition of one site and what its emulation explored."""
 
@@ -86,9 +86,12 @@ class TransitionResult:
     interleavings: int = 0
     failing: int = 0
     truncated: bool = False
+    # The emulation that covered it: its own run, or one whose recorded bytes
+    # this transition matches (emulate.py, "Sharing").
+    emulation: Emulation | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SiteResult:
     index: int
     site: Site
@@ -137,6 +140,16 @@ class VerifyReport:
     @property
     def emulated(self) -> int:
         return sum(1 for s in self.sites if s.emulated)
+
+    @property
+    def emulations(self) -> int:
+        """Emulations run for this file; the other emulated transitions reused one."""
+        return sum(
+            1
+            for s in self.sites
+            for t in s.transitions
+            if t.emulation is not None and not t.emulation.reused
+        )
 
     @property
     def failing_sites(self) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ftpatch import arm64
-from ftpatch.verify.emulate import Counterexample
+from ftpatch.verify.emulate import Counterexample, Emulation
 from ftpatch.verify.findings import Finding, SiteResult, VerifyReport
 
 
@@ -246,6 +246,16 @@ def finding_dict(report: VerifyReport, f: Finding) -> dict[str, Any]:
     return out
 
 
+def _emulation_dict(e: Emulation | None) -> dict[str, Any] | None:
+    """Which emulation covered a transition: ``id`` (per verify command),
+    the ``file`` and ``site`` index whose transition ran it, and whether this
+    one ``reused`` it (its recorded bytes matched; emulate.py, "Sharing")."""
+    if e is None:
+        return None
+    file, site = e.origin if e.origin is not None else (None, None)
+    return {"id": e.id, "file": file, "site": site, "reused": e.reused}
+
+
 def report_dict(report: VerifyReport) -> dict[str, Any]:
     t = report.trampoline
     return {
@@ -261,6 +271,7 @@ def report_dict(report: VerifyReport) -> dict[str, Any]:
         "emulated": report.emulated,
         "interleavings": report.interleavings,
         "violations": report.violations,
+        "emulations": report.emulations,
         "seconds": round(report.seconds, 6),
         "findings": [finding_dict(report, f) for f in report.all_findings],
         "site_results": [
@@ -281,6 +292,7 @@ def report_dict(report: VerifyReport) -> dict[str, Any]:
                         "interleavings": t.interleavings,
                         "failing": t.failing,
                         "truncated": t.truncated,
+                        "emulation": _emulation_dict(t.emulation),
                         "stores": [
                             {"address": st.address, "old": f"{st.old:08x}", "new": f"{st.new:08x}"}
                             for st in t.stores
