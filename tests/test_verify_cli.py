@@ -54,3 +54,15 @@ def test_sites_limits_the_emulation(tmp_path: Path) -> None:
     run = ftpatch("verify", "--sites", "2", rewritten(tmp_path, "obj/gcc-bti.o"))
     assert run.returncode == 0
     assert "2 emulated, 12 interleavings" in run.stdout
+
+
+def test_trampoline_on_a_relocatable_object_is_said_unchecked(tmp_path: Path) -> None:
+    """Issue 15, point 4: --trampoline on a .o was ignored without a word."""
+    obj = rewritten(tmp_path, "obj/gcc-bti.o")
+    for spec in ("0x400000", "ftrace_caller"):
+        r = ftpatch("verify", "--trampoline", spec, obj)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"--trampoline {spec}: a relocatable object has no addresses" in r.stdout
+        assert "BL reach (+-128 MiB) was not checked" in r.stdout
+    r = ftpatch("verify", obj)
+    assert "--trampoline" not in r.stdout

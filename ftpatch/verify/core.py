@@ -43,7 +43,7 @@ def resolve_trampoline(result: ScanResult, spec: str | None) -> Trampoline | Non
     In a relocatable object the trampoline is an undefined symbol, so it has
     no address and the range check waits for the linked image.
     """
-    linked = result.kind != "relocatable"
+    linked = result.linked
     if spec is None:
         if linked:
             address = result.symbol_address(DEFAULT_TRAMPOLINE)
@@ -189,7 +189,20 @@ def verify_file(
                     Severity.NOTE,
                 )
             )
-        linked = result.kind != "relocatable"
+        linked = result.linked
+        if not linked and trampoline is not None and result.sites:
+            # A relocatable object has no addresses: what --trampoline names
+            # can only be checked once linked (issue 15: it was ignored silently).
+            notes.append(
+                Finding(
+                    CHECK_COVERAGE,
+                    where,
+                    f"--trampoline {trampoline}: a relocatable object has no addresses, so "
+                    "the BL reach (+-128 MiB) was not checked: verify the linked image; "
+                    "the emulation calls a stand-in that keeps the ftrace_caller contract",
+                    Severity.NOTE,
+                )
+            )
         if linked and tramp is None and result.sites:
             notes.append(
                 Finding(
