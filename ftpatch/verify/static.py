@@ -23,6 +23,7 @@ from ftpatch.model import Location, Problem, Site, State
 from ftpatch.scan import ScanResult
 from ftpatch.verify.emulate import Case, Store
 from ftpatch.verify.findings import (
+    CHECK_BRANCH,
     CHECK_CMODX_PAIR,
     CHECK_CMODX_WORDS,
     CHECK_ENTRY_PATH,
@@ -117,6 +118,7 @@ class FileChecker:
         self._code = sorted((s for s in self.elf.sections if s.is_code), key=lambda s: s.sh_offset)
         self._code_starts = [s.sh_offset for s in self._code]
         self._applied: dict[int, dict[int, tuple[str, int]]] | None = None
+        self._branches: dict[int, list[tuple[Section, int, int]]] | None = None
         self._targets: dict[tuple[int, int], list[_Ref]] | None = None
         self._tramp_names: dict[int, str] = {}
         self.prefix_words = self._infer_prefix()
@@ -274,6 +276,88 @@ class FileChecker:
                         site=index,
                     )
 
+    # -- branches the assembler or linker resolved ------------------------------------
+
+    def _inner_words(self) -> dict[tuple[int, int], int]:
+        """(section index, offset) of every entry word past where callers enter
+        (the MOV after a BTI C, the BL slot), -> the index of its site."""
+        inner: dict[tuple[int, int], int] = {}
+        for i, site in enumerate(self.result.sites):
+            if site.slot_offset is None or site.slot_file_offset is None:
+                continue
+            sec = self.section_of(site.slot_file_offset)
+            if sec is None:
+                continue
+            entry = site.entry_offset
+            if entry is None:  # no symbol: where the words say callers enter
+                mov = site.slot_offset - 4
+                entry = mov - 4 if self.word(sec, mov - 4) in arm64.BTI_LANDING_PADS else mov
+            for o in range(entry + 4, site.slot_offset + 4, 4):
+                inner[(sec.index, o)] = i
+        return inner
+
+    def _index_branches(self) -> dict[int, list[tuple[Section, int, int]]]:
+        """Site index -> the immediate branches (section, offset, word) into
+        one of its inner words, found in the code itself: B, BL, B.cond,
+        CBZ/CBNZ, TBZ/TBNZ that no relocation rewrites (the assembler
+        resolved it, or the linker did in an image).  A branch to the entry
+        itself is an ordinary call."""
+        import re
+
+        if self._applied is None:
+            self._index_relocations()
+        assert self._applied is not None
+        inner = self._inner_words()
+        hits: dict[int, list[tuple[Section, int, int]]] = {}
+        if not inner:
+            return hits
+        wanted = {o for _s, o in inner} if not self.linked else None
+        by_address = {self.address(self.elf.sections[s], o): i for (s, o), i in inner.items()}
+        pattern = re.compile(b"[" + re.escape(arm64.BRANCH_TOP_BYTES) + b"]")
+        data = self.elf.data
+        for sec in self._code:
+            relocated = self._applied.get(-1 if self.linked else sec.index, {})
+            base = self.address(sec, 0) if self.linked else 0
+            start, end = sec.sh_offset, sec.sh_offset + sec.sh_size
+            for m in pattern.finditer(data, start + 3, end):
+                top = m.start()
+                if (top - start) & 3 != 3:
+                    continue  # not a word's top byte
+                offset = top - 3 - start
+                word = arm64.read_word(data, top - 3)
+                target = arm64.branch_target(offset, word)
+                if target is None:
+                    continue
+                if self.linked:
+                    site = by_address.get(base + target)
+                    if site is None or (base + offset) in relocated:
+                        continue
+                else:
+                    if wanted is not None and target not in wanted:
+                        continue
+                    site = inner.get((sec.index, target))
+                    if site is None or offset in relocated:
+                        continue
+                hits.setdefault(site, []).append((sec, offset, word))
+        return hits
+
+    def _branch_findings(self, site: Site, index: int, sec: Section) -> Iterator[Finding]:
+        if self._branches is None:
+            self._branches = self._index_branches()
+        for src, offset, word in self._branches.get(index, ()):
+            target = arm64.branch_target(self.address(src, offset), word)
+            assert target is not None
+            into = target - self.address(sec, 0)
+            what = "the BL slot" if into == site.slot_offset else "the mov x9, x30"
+            yield Finding(
+                CHECK_BRANCH,
+                self._locate(site, sec, into),
+                f"{arm64.describe(word)} at {src.name}+{offset:#x} branches to {what} of "
+                f"{site.function or 'this entry'}, past the entry callers must take: that "
+                "path runs without the mov x9, x30",
+                site=index,
+            )
+
     # -- one site ------------------------------------------------------------------
 
     def check_site(self, site: Site, index: int) -> SitePlan:
@@ -301,6 +385,7 @@ class FileChecker:
             patched, slot, mov = site.slot_offset, site.slot_offset, site.mov_offset
         findings.extend(self._alignment_findings(site, index, sec, f, patched))
         findings.extend(self._relocation_findings(site, index, sec, mov, slot))
+        findings.extend(self._branch_findings(site, index, sec))
 
         slot_address = self.address(sec, patched)
         known = self.trampoline
