@@ -170,6 +170,14 @@ class Case:
     stores: tuple[Store, ...]
     trampolines: tuple[int, ...]
     name: str = ""  # transition name, for the report: enable, disable, retarget
+    # The patcher stores in the order of ``stores`` and completes each
+    # store's cache maintenance (DC CVAU, DSB ISH, IC IVAU, DSB ISH, as the
+    # kernel's aarch64_insn_patch_text_nosync does per word) before the next.
+    # Then a fetch that saw store k's new word orders every later fetch of
+    # an earlier store's word after that store: it sees the new word too.
+    # Without it, each fetch of a changed word may see old or new (the
+    # superset herd7's ifetch model allows with no maintenance at all).
+    ordered: bool = False
 
     @property
     def body(self) -> int:
@@ -279,8 +287,8 @@ class _Shared:
 
 # What a case must match before its bytes are compared: length, entry, stores
 # (relative to its start, BL words to a trampoline as -1 - its index), the
-# number of trampolines and the engine's limits.
-_Key = tuple[int, int, tuple[tuple[int, int, int], ...], int, int, int, int]
+# patcher's ordering, the number of trampolines and the engine's limits.
+_Key = tuple[int, int, tuple[tuple[int, int, int], ...], bool, int, int, int, int]
 
 
 _DATA_END = LOG_BASE + LOG_SIZE  # the emulator's stack and log end here
@@ -442,6 +450,8 @@ class Engine:
             else:
                 d = len(run.taken)
                 new = run.schedule[d] if d < len(run.schedule) else False
+                if not new and case.ordered and any(k > index and n for k, n in run.taken):
+                    new = True  # a later store was seen: this one is complete
                 run.taken.append((index, new))
                 store = case.stores[index]
                 want = store.new if new else store.old
@@ -717,6 +727,7 @@ class Engine:
             len(words),
             case.entry - start,
             tuple(relative),
+            case.ordered,
             len(tramps),
             self.max_steps,
             self.max_interleavings,

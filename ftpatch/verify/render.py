@@ -61,7 +61,13 @@ def trace_lines(report: VerifyReport, finding: Finding) -> list[str]:
     lines = [
         f"    counterexample, {case.name} ({report.scheme.value}): {ce.interleaving.describe(case)}"
     ]
-    lines.append("    the patcher's stores, in program order:")
+    if case.ordered:
+        lines.append(
+            "    the patcher's stores, in program order, each completed by DC CVAU; DSB ISH; "
+            "IC IVAU; DSB ISH before the next (as the kernel patches one word at a time):"
+        )
+    else:
+        lines.append("    the patcher's stores, in program order, with no maintenance between:")
     for k, s in enumerate(case.stores):
         lines.append(
             f"      [{k + 1}] {label(s.address)}: {arm64.describe(s.old)} -> "
@@ -86,8 +92,11 @@ def trace_lines(report: VerifyReport, finding: Finding) -> list[str]:
         n += 1
         fetch = step.version or ""
         note = ""
-        if step.store is not None and step.version == "old" and step.store in shown:
-            note = "  (stale fetch: nothing orders it after the store)"
+        if step.store is not None and step.version == "old":
+            if step.store in shown:  # (only without maintenance: the engine forbids it else)
+                note = "  (stale fetch: nothing orders it after the store)"
+            elif case.ordered:
+                note = "  (fetched before the store: no later store was seen yet)"
         text = step.text
         if arm64.is_bl(step.word) or arm64.is_b(step.word):
             text = f"{text.split()[0]} {label(arm64.bl_target(step.address, step.word))}"

@@ -461,6 +461,7 @@ class FileChecker:
                     t_stores,
                     (t1, t2),
                     t.name,
+                    ordered=True,  # the kernel patches word by word, maintained
                 )
             )
         return SitePlan(
