@@ -65,7 +65,7 @@ RUN python3 -c 'import tomllib, sys; p = tomllib.load(open(sys.argv[1], "rb"))["
         && apt-get install -y --no-install-recommends cmake make g++ python3-dev \
         && /opt/ftpatch/bin/pip install -r /tmp/requirements.txt; \
     fi \
- && /opt/ftpatch/bin/python -c 'import capstone, elftools, keystone, lief, rich, typer, unicorn; keystone.Ks(keystone.KS_ARCH_ARM64, keystone.KS_MODE_LITTLE_ENDIAN).asm("mov x9, x30")'
+ && /opt/ftpatch/bin/python -c 'import capstone, keystone, rich, typer, unicorn; keystone.Ks(keystone.KS_ARCH_ARM64, keystone.KS_MODE_LITTLE_ENDIAN).asm("mov x9, x30")'
 COPY README.md /tmp/ftpatch/
 COPY ftpatch /tmp/ftpatch/ftpatch
 RUN /opt/ftpatch/bin/pip install --no-deps /tmp/ftpatch \

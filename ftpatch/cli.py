@@ -166,6 +166,7 @@ def _rewrite_one(
 ) -> _Outcome:
     from ftpatch.report import plan_lines, rewrite_dict, rewrite_line
     from ftpatch.rewrite import rewrite_file
+    from ftpatch.scan import zero_records_note
 
     try:
         result = rewrite_file(
@@ -182,13 +183,10 @@ def _rewrite_one(
         lines.append(rewrite_line(result, check=check, dry_run=dry_run))
     if dry_run:
         lines.extend(plan_lines(result))
-    # Discarded records exist in linked images only, which the general path
-    # (and so a Plan) always handles.
-    warnings = tuple(
-        f"{site.location}: warning: {site.reason}, left alone"
-        for site in (result.plan.sites if result.plan else ())
-        if site.state is State.DISCARDED
-    )
+    # Zero records exist in linked images only, which the general path (and
+    # so a Plan) always handles.
+    zero = sum(1 for s in (result.plan.sites if result.plan else ()) if s.state is State.SKIPPED)
+    warnings = (f"{result.path}: note: {zero_records_note(zero)}",) if zero else ()
     doc = rewrite_dict(result) if detail else {}
     return _Outcome(status, tuple(lines), warnings, doc)
 

@@ -32,7 +32,6 @@ from ftpatch.elf.reader import (
     SHT_NOBITS,
     SHT_RELA,
     STT_FUNC,
-    STT_NOTYPE,
     SYM_SIZE,
     ElfFile,
 )
@@ -185,7 +184,7 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
         return None
     nsyms = tab.sh_size // SYM_SIZE
     symbols = _columns(data, tab.sh_offset, nsyms * SYM_SIZE, "Q", swap_elf)
-    head, values = symbols[0::3], symbols[1::3]
+    head, values, sizes = symbols[0::3], symbols[1::3], symbols[2::3]
     del symbols
     if elf.big_endian:
         name_shift, info_shift, shndx_shift = 32, 24, 0
@@ -205,17 +204,17 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
         return None
 
     # Per code section: its instruction words and a bitmap of the word
-    # offsets where a code symbol starts (what scan's bisect looks up).
+    # offsets where a function entry symbol starts (what scan's bisect looks up).
     code = [s.is_code and s.index < nsec for s in sections]
     words: dict[int, array] = {}  # type: ignore[type-arg]
     starts: dict[int, bytearray] = {}
     for s in sections:
         if code[s.index]:
             starts[s.index] = bytearray(s.sh_size // 4 + 1)
-    for w, value in zip(head, values, strict=True):
+    for w, value, st_size in zip(head, values, sizes, strict=True):
         info = (w >> info_shift) & 0xFF
-        if info & 0xF not in (STT_FUNC, STT_NOTYPE):
-            continue
+        if info & 0xF != STT_FUNC or st_size == 0:
+            continue  # not a function entry (reader.ElfFile.code_symbols)
         st_name = (w >> name_shift) & 0xFFFFFFFF
         if st_name == 0 or st_name >= nstrings or strings[st_name] == _DOLLAR:
             continue

@@ -57,9 +57,11 @@ class State(enum.Enum):
     PRISTINE = "pristine"  # nop ; nop, record on the first nop
     REWRITTEN = "rewritten"  # mov x9, x30 ; nop, record on the nop (the BL slot)
     INVALID = "invalid"
-    # Linked images only: a record of a function the linker dropped (0, or an
-    # address outside the code).  Reported and left alone, never "fixed".
-    DISCARDED = "discarded"
+    # Linked images only: a zero record.  The kernel's ftrace_process_locs()
+    # skips zero entries (padding between objects' tables; the build-time
+    # sort zeroes those of overridden weak functions), and so does every
+    # ftpatch command: counted, reported, left alone.
+    SKIPPED = "skipped"
 
 
 class RecordKind(enum.Enum):
@@ -123,6 +125,9 @@ class Site(NamedTuple):
     mov_file_offset: int | None = None
     slot_file_offset: int | None = None
     slot_address: int | None = None  # linked images: virtual address of the slot
+    # Where callers enter the function (offset in target_section): its typed,
+    # sized function symbol; None where no such symbol says (then the words do).
+    entry_offset: int | None = None
 
 
 class Edit(NamedTuple):

@@ -32,6 +32,16 @@ _REWRITTEN_LAYOUTS = {False: Layout(None, False), True: Layout(None, True)}
 # A record this far before its function is still taken for a prefix.
 MAX_PREFIX_WORDS = 16
 
+# What every command says of a zero record in a linked image (State.SKIPPED).
+ZERO_RECORD = "zero record, skipped as the kernel's ftrace_process_locs() does"
+
+
+def zero_records_note(count: int) -> str:
+    """One line for a file's zero records, said alike by rewrite and verify."""
+    return f"{count} zero record{'s' if count != 1 else ''} left alone, as the kernel's " + (
+        "ftrace_process_locs() skips them"
+    )
+
 
 @dataclass
 class ScanResult:
@@ -137,9 +147,8 @@ class _Classifier:
         )
         if raw.problem is not None or sec is None:
             where = Location(elf.path, raw.section.name, raw.index * 8)
-            if raw.problem and raw.problem.startswith("discarded: "):
-                reason = raw.problem.removeprefix("discarded: ")
-                return Site(record, where, None, None, State.DISCARDED, reason)
+            if raw.zero:
+                return Site(record, where, None, None, State.SKIPPED, ZERO_RECORD)
             return Site(record, where, None, None, State.INVALID, raw.problem)
 
         if self.fast:
@@ -197,11 +206,15 @@ class _Classifier:
         else:
             return None
         slot = mov + 4
+        if state is _PRISTINE or (v >= 4 and unpack(data, base + v - 4)[0] == _NOP):
+            layout = _LAYOUTS[bti] if state is _PRISTINE else _REWRITTEN_LAYOUTS[bti]
+        else:
+            layout = _LAYOUTS[bti]  # no NOP before the entry: no prefix, proven
         return Site(
             record,
             Location(self.elf.path, sec.name, r, name, r - v),
             name,
-            _LAYOUTS[bti] if state is _PRISTINE else _REWRITTEN_LAYOUTS[bti],
+            layout,
             state,
             None,
             mov,
@@ -209,6 +222,7 @@ class _Classifier:
             base + mov,
             base + slot,
             (sec.sh_addr + slot) if self.linked else None,
+            v,
         )
 
     def _site(self, record: Record, sec: Section, raw: RawRecord) -> Site:
@@ -271,11 +285,38 @@ class _Classifier:
             # The record on the nop after mov x9, x30 is what a rewrite leaves,
             # whatever symbol a hostile or odd symtab puts at the BL slot;
             # judging it by that symbol made ftpatch refuse its own output.
-            return self._by_words(record, r, word, loc_of, fo, name)
+            # Unless a function starts after it with only NOPs between: then
+            # the mov is in that function's prefix (the CALL_OPS ops literal)
+            # and callers enter past it, at NOPs never rewritten (issue 12).
+            k = bisect_right(offsets, r)
+            if (
+                not (v is not None and (v == r - 4 or (v == r - 8 and word(v) in _BTI)))
+                and k < len(offsets)
+                and offsets[k] - r <= 4 * MAX_PREFIX_WORDS
+                and all(word(o) == arm64.NOP for o in range(r, offsets[k], 4))
+            ):
+                f = offsets[k]
+                fname = elf.symbol_name(indexes[k])
+                e = f + 4 if word(f) in _BTI else f
+                w0, w1 = word(e), word(e + 4)
+                entry_words = " ; ".join(
+                    arm64.describe(w) if w is not None else "end of section" for w in (w0, w1)
+                )
+                return Site(
+                    record,
+                    Location(elf.path, sec.name, r - 4, fname, r - 4 - f),
+                    fname,
+                    None,
+                    State.INVALID,
+                    f"mov x9, x30 in the prefix before {fname}, whose entry is {entry_words}: "
+                    "callers never run it, and the record is not on the BL slot",
+                    entry_offset=f,
+                )
+            return self._by_words(record, r, word, loc_of, fo, name, v)
         if v is None or v < r - 8:
             # No symbol for this entry (hand-written code, stripped local):
             # judge by the words alone.
-            return self._by_words(record, r, word, loc_of, fo, name)
+            return self._by_words(record, r, word, loc_of, fo, name, None)
 
         bti = word(v) in arm64.BTI_LANDING_PADS
         e = v + 4 if bti else v  # the first entry word
@@ -287,6 +328,7 @@ class _Classifier:
             mov_file_offset=fo(e),
             slot_file_offset=fo(slot),
             slot_address=(sec.sh_addr + slot) if self.linked else None,
+            entry_offset=v,
         )
         if r < v or r == e:
             # record at the pristine position: the entry itself, or prefix NOPs
@@ -314,7 +356,7 @@ class _Classifier:
                 found(bad, "nop (d503201f)"),
                 **sites,
             )
-        layout = Layout(None, bti)
+        layout = _rewritten_layout(word, v, bti)
         if r == slot:
             if w0 == arm64.MOV_X9_X30 and w1 == arm64.NOP:
                 return Site(record, loc_of(r), name, layout, State.REWRITTEN, None, **sites)
@@ -359,7 +401,9 @@ class _Classifier:
         loc_of: Callable[[int], Location],
         fo: Callable[[int], int],
         name: str | None,
+        v: int | None,
     ) -> Site:
+        """Judged by the words; ``v``: the function symbol, if it is this entry's."""
         w_prev, w0, w1 = word(r - 4), word(r), word(r + 4)
         linked = self.linked and record.target_address is not None
         sec_addr = (record.target_address - r) if linked and record.target_address else 0
@@ -367,11 +411,15 @@ class _Classifier:
         # alone, it is what a rewrite of nop ; nop ; nop leaves, and taking it
         # for pristine would move the record again on every run.
         if w_prev == arm64.MOV_X9_X30 and w0 == arm64.NOP:
+            bti = word(r - 8) in _BTI
+            e = r - 8 if bti else r - 4  # where callers enter, by the words
+            if v not in (r - 4, r - 8):
+                v = None  # a symbol elsewhere (at the slot, say) is no entry
             return Site(
                 record,
                 loc_of(r),
                 name,
-                Layout(None, word(r - 8) in arm64.BTI_LANDING_PADS),
+                _rewritten_layout(word, e, bti),
                 State.REWRITTEN,
                 None,
                 r - 4,
@@ -379,6 +427,7 @@ class _Classifier:
                 fo(r - 4),
                 fo(r),
                 (sec_addr + r) if linked else None,
+                v,
             )
         if w0 == arm64.NOP and w1 == arm64.NOP:
             return Site(
@@ -400,3 +449,11 @@ class _Classifier:
         return Site(
             record, loc_of(bad), name, None, State.INVALID, f"expected nop (d503201f), found {text}"
         )
+
+
+def _rewritten_layout(word: Callable[[int], int | None], entry: int, bti: bool) -> Layout:
+    """A rewritten site's layout: its record no longer says how many prefix
+    NOPs there were, so only a proof counts.  No NOP right before the entry
+    (or the section's start) proves there is no prefix; NOPs there may be a
+    prefix or alignment padding, and the layout says ``prefix?``."""
+    return Layout(None if word(entry - 4) == arm64.NOP else 0, bti)

@@ -63,7 +63,7 @@ def main() -> None:
     for m in re.finditer(r"^ *([0-9a-f]+):\t(\S+)(?:\t(.*\S))?", open(objdump_txt).read(), re.M):
         insn[int(m.group(1), 16)] = " ".join(filter(None, (m.group(2), m.group(3))))
     (entry,) = json.load(open(scan_json))["files"]
-    # ftpatch lists a zero word as a discarded site with no target address.
+    # ftpatch lists a zero word as a skipped site with no target address.
     scanned = sorted(site["target_address"] for site in entry["sites"] if site["target_address"])
     records = sorted(w for w in words if w)
 

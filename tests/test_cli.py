@@ -60,7 +60,7 @@ def test_scan_json_is_complete(copy_fixture) -> None:  # type: ignore[no-untyped
     r = runner.invoke(app, ["scan", "--json", str(p)])
     assert r.exit_code == 0
     doc = json.loads(r.output)["files"][0]
-    assert doc["counts"] == {"pristine": 8, "rewritten": 0, "invalid": 0, "discarded": 0}
+    assert doc["counts"] == {"pristine": 8, "rewritten": 0, "invalid": 0, "skipped": 0}
     for site in doc["sites"]:
         assert site["prefix_nops"] == 2
         assert site["location"].endswith("-0x8")

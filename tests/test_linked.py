@@ -91,6 +91,46 @@ def assert_entries_rewritten(exe: Path, doc: dict) -> None:  # type: ignore[type
         assert dis[slot] == "nop" and dis[slot - 4] == "mov x9, x30", hex(slot)
 
 
+def assert_records_match_lief(
+    exe: Path,
+    doc: dict,  # type: ignore[type-arg]
+    kind: str,
+    moved: int,
+) -> None:
+    """Every record as LIEF reads the image, independently of ftpatch's reader:
+    the dynamic relocation (RELA addend, or RELR mark and word) or the word at
+    the record's place holds the address ftpatch reports, and that address is
+    the entry of a typed function symbol (after its BTI C, if any), plus
+    ``moved`` once rewritten."""
+    import lief
+
+    elf = lief.ELF.parse(str(exe))
+    assert elf is not None
+    start = elf.get_symbol("__start___patchable_function_entries")
+    table = elf.get_section("__patchable_function_entries")
+    base = start.value if start is not None else table.virtual_address
+    relocs = {r.address: r for r in elf.dynamic_relocations}
+    functions = {s.value: s.name for s in elf.symtab_symbols if s.type == lief.ELF.Symbol.TYPE.FUNC}
+    for site in doc["sites"]:
+        where = base + 8 * site["record_index"]
+        word = int.from_bytes(bytes(elf.get_content_from_virtual_address(where, 8)), "little")
+        reloc = relocs.get(where)
+        if kind == "absolute":
+            assert reloc is None and word == site["record_value"], site
+        else:
+            assert reloc is not None and reloc.type == lief.ELF.Relocation.TYPE.AARCH64_RELATIVE
+            if kind == "relr":
+                assert reloc.encoding == lief.ELF.Relocation.ENCODING.RELR
+                assert word == site["record_value"], site
+            else:
+                assert reloc.encoding == lief.ELF.Relocation.ENCODING.RELA
+                assert reloc.addend == site["record_value"] and word in (0, reloc.addend)
+        address = site["record_value"] - moved
+        entry = address - 4 if address - 4 in functions else address
+        assert entry in functions, f"{address:#x}: no function symbol at the record"
+        assert site["function"] == functions[entry], site
+
+
 @pytest.fixture(autouse=True)
 def _tools() -> None:
     require("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-ld", "qemu-aarch64", "llvm-objdump")
@@ -150,10 +190,13 @@ def test_post_link_rewrite_matches_pre_link_rewrite(
     doc = scan(post)
     assert {s["record_kind"] for s in doc["sites"]} == {kinds[name]}
     assert doc["counts"]["pristine"] == len(doc["sites"]) > 0
+    assert_records_match_lief(post, doc, kinds[name], moved=0)
     r = ftpatch("rewrite", post)
     assert r.returncode == 0, r.stderr
     assert run(post) == EXPECTED
-    assert_entries_rewritten(post, scan(post))
+    after = scan(post)
+    assert_entries_rewritten(post, after)
+    assert_records_match_lief(post, after, kinds[name], moved=4)
 
     pre_objs = objects(tmp_path / "pre", "gcc-bti")
     assert ftpatch("rewrite", *pre_objs).returncode == 0
@@ -183,7 +226,7 @@ def test_kernel_style_mcount_loc_inside_another_section(tmp_path: Path) -> None:
     assert_entries_rewritten(exe, scan(exe))
 
 
-def test_record_of_no_function_is_reported_and_left_alone(tmp_path: Path) -> None:
+def test_zero_record_is_skipped_and_left_alone(tmp_path: Path) -> None:
     objs = objects(tmp_path, "gcc-plain")
     exe = tmp_path / "static"
     sh("aarch64-linux-gnu-gcc", "-static", "-o", exe, *objs)
@@ -198,18 +241,22 @@ def test_record_of_no_function_is_reported_and_left_alone(tmp_path: Path) -> Non
     data[word_offset : word_offset + 8] = bytes(8)
     exe.write_bytes(bytes(data))
     doc = scan(exe)
-    assert doc["counts"]["discarded"] == 1
-    assert doc["sites"][3]["reason"] == "record points at no function (0)"
+    assert doc["counts"]["skipped"] == 1
+    assert doc["sites"][3]["reason"] == (
+        "zero record, skipped as the kernel's ftrace_process_locs() does"
+    )
     r = ftpatch("rewrite", exe)
     assert r.returncode == 0, r.stderr
-    assert "record points at no function (0), left alone" in r.stderr
+    assert r.stderr == (
+        f"{exe}: note: 1 zero record left alone, as the kernel's ftrace_process_locs() skips them\n"
+    )
     after = exe.read_bytes()
     assert after[word_offset : word_offset + 8] == bytes(8)
     assert scan(exe)["counts"] == {
         "pristine": 0,
         "rewritten": len(doc["sites"]) - 1,
         "invalid": 0,
-        "discarded": 1,
+        "skipped": 1,
     }
     assert run(exe) == EXPECTED
 

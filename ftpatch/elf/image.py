@@ -210,18 +210,18 @@ def image_records(
                 mirror = word_file_offset if word else None
         elif rela and word and address not in relr:
             problem = "record has no dynamic relocation in a relocated image"
-        target = _code_section_at(elf, value, code) if problem is None else None
+        zero = problem is None and value == 0
+        target = _code_section_at(elf, value, code) if problem is None and not zero else None
         offset = value - target.sh_addr if target is not None else 0
-        if problem is None and target is None:
-            problem = (
-                "record points at no function (0)"
-                if value == 0
-                else f"record points at {value:#x}, outside any code section"
-            )
-            problem = "discarded: " + problem
+        if problem is None and target is None and not zero:
+            # The kernel would patch it (ftrace_init_nop) and, finding no
+            # code there, disable ftrace: an error, not a record to skip.
+            problem = f"record points at {value:#x}, outside any code section"
         elif target is not None and offset > target.sh_size - 4:
             problem = f"record points at {value:#x}, too close to the end of {target.name}"
         records.append(
-            RawRecord(pseudo, index, value_file_offset, value, target, offset, problem, mirror)
+            RawRecord(
+                pseudo, index, value_file_offset, value, target, offset, problem, mirror, zero
+            )
         )
     return records, kind, area

@@ -376,11 +376,16 @@ class ElfFile:
 
     @cached_property
     def code_symbols(self) -> dict[int, list[tuple[int, int, int]]]:
-        """Per section index: sorted (st_value, rank, symbol index) of code symbols.
+        """Per section index: sorted (st_value, rank, symbol index) of function entries.
 
-        Mapping symbols (``$x``, ``$d``: AAELF64 5.5.4), section and file
-        symbols are left out.  ``rank`` orders aliases at one address: a
-        global STT_FUNC is the best name for a place.
+        A function entry is where callers enter: a typed (STT_FUNC), sized
+        (st_size > 0) symbol defined in a section.  Linker-script markers
+        (``_stext``, ``_sinittext``, ``__*_text_start``: STT_NOTYPE, size 0)
+        and absolute symbols share addresses with functions and prefix NOPs
+        but are never entries (issue 12: taking ``_stext`` for the entry put
+        the MOV of a CALL_OPS site into its ops literal).  Where a site has
+        no such symbol, ``scan`` judges it by its words.  ``rank`` orders
+        aliases at one address: a global name is the best name for a place.
         """
         by_section: dict[int, list[tuple[int, int, int]]] = {}
         strtab_off = strtab_size = 0
@@ -390,9 +395,10 @@ class ElfFile:
             strtab_off, strtab_size = strtab.sh_offset, strtab.sh_size
             self.check_range(strtab_off, strtab_size, "symbol string table")
         data = self.data
-        for index, (st_name, st_info, _o, st_shndx, st_value, _sz) in enumerate(self._raw_symbols):
-            st_type = st_info & 0xF
-            if st_type not in (STT_FUNC, STT_NOTYPE) or st_name == 0 or st_name >= strtab_size:
+        for index, (st_name, st_info, _o, st_shndx, st_value, st_size) in enumerate(
+            self._raw_symbols
+        ):
+            if st_info & 0xF != STT_FUNC or st_size == 0 or st_name == 0 or st_name >= strtab_size:
                 continue
             if data[strtab_off + st_name] == 0x24:  # "$": mapping symbol
                 continue
@@ -400,7 +406,7 @@ class ElfFile:
                 st_shndx = self.symbol(index).st_shndx
             elif st_shndx == SHN_UNDEF or st_shndx >= SHN_LORESERVE:
                 continue
-            rank = (0 if st_type == STT_FUNC else 2) + (0 if st_info >> 4 != STB_LOCAL else 1)
+            rank = 0 if st_info >> 4 != STB_LOCAL else 1
             by_section.setdefault(st_shndx, []).append((st_value, rank, index))
         for entries in by_section.values():
             entries.sort()

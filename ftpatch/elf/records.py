@@ -66,6 +66,7 @@ class RawRecord(NamedTuple):
     # Linked PIEs from GNU ld: the record word mirrors its RELATIVE addend,
     # so both move together.
     mirror_file_offset: int | None = None
+    zero: bool = False  # linked images: a zero record, which the kernel skips
 
 
 def records_sections(elf: ElfFile) -> list[Section]:

@@ -10,12 +10,13 @@ import time
 from collections.abc import Callable
 
 from ftpatch.errors import FtpatchError
-from ftpatch.model import Location
-from ftpatch.scan import ScanResult, scan_file
+from ftpatch.model import Location, State
+from ftpatch.scan import ScanResult, scan_file, zero_records_note
 from ftpatch.verify.emulate import CONTRACT_TRAMPOLINE, Engine, Exploration
 from ftpatch.verify.findings import (
     CHECK_COVERAGE,
     CHECK_EMULATION,
+    CHECK_SKIPPED,
     Finding,
     Scheme,
     Severity,
@@ -109,6 +110,7 @@ def verify_file(
                     findings.extend(_emulation_findings(site.location, i, x))
                 else:
                     transitions.append(TransitionResult(name, stores))
+            findings.extend(_vacuous_findings(site.location, i, explorations))
             out.append(
                 SiteResult(
                     i,
@@ -133,7 +135,8 @@ def verify_file(
                     Severity.NOTE,
                 )
             )
-        skipped = sum(1 for p in plans if not p.cases)
+        zero = sum(1 for site in result.sites if site.state is State.SKIPPED)
+        skipped = sum(1 for p in plans if not p.cases) - zero
         if skipped:
             notes.append(
                 Finding(
@@ -143,12 +146,14 @@ def verify_file(
                     Severity.NOTE,
                 )
             )
-        if len(chosen) < total - skipped:
+        if zero:
+            notes.append(Finding(CHECK_SKIPPED, where, zero_records_note(zero), Severity.NOTE))
+        if len(chosen) < total - skipped - zero:
             notes.append(
                 Finding(
                     CHECK_COVERAGE,
                     where,
-                    f"emulated {len(chosen)} of {total - skipped} sites (--sites {sites})",
+                    f"emulated {len(chosen)} of {total - skipped - zero} sites (--sites {sites})",
                     Severity.NOTE,
                 )
             )
@@ -203,3 +208,22 @@ def _emulation_findings(location: Location, index: int, x: Exploration) -> list[
             )
         )
     return findings
+
+
+def _vacuous_findings(location: Location, index: int, xs: list[Exploration]) -> list[Finding]:
+    """An emulation that never fetched a word the patcher changes ran only
+    unchanged code: it proves nothing, and is a finding, not coverage."""
+    empty = [x for x in xs if not x.fetched_changed]
+    if not empty:
+        return []
+    changed = sorted({st.address for x in empty for st in x.case.stores})
+    return [
+        Finding(
+            CHECK_EMULATION,
+            location,
+            f"{', '.join(x.case.name for x in empty)}: no interleaving fetched a changed word "
+            f"({', '.join(f'{a:#x}' for a in changed)}) on the way from the entry "
+            f"{empty[0].case.entry:#x} into the body: the emulation proves nothing for this site",
+            site=index,
+        )
+    ]

@@ -178,6 +178,9 @@ class Exploration:
     failing: int
     counterexamples: tuple[Counterexample, ...] = field(default=())  # at most a few
     truncated: bool = False
+    # Whether any run fetched a word the patcher changes: one that never did
+    # ran only unchanged code and proves nothing about the transition.
+    fetched_changed: bool = True
 
     @property
     def ok(self) -> bool:
@@ -494,6 +497,7 @@ class Engine:
         failing: list[tuple[bool, ...]] = []
         count = 0
         truncated = False
+        fetched_changed = False
         handle = None
         if case.stores:
             lo = min(s.address for s in case.stores)
@@ -518,6 +522,7 @@ class Engine:
                 count += 1
                 taken = tuple(new for _i, new in run.taken)
                 fetched = tuple(i for i, _new in run.taken)
+                fetched_changed = fetched_changed or bool(fetched)
                 if self._judge(case, caller, pc, fault):
                     failing.append(taken)
                 for d in range(len(taken) - 1, len(schedule) - 1, -1):
@@ -528,4 +533,4 @@ class Engine:
                 self._uc.hook_del(handle)
         keep = self.max_counterexamples if trace else 0
         examples = tuple(self.run_one(case, f) for f in failing[:keep])
-        return Exploration(case, count, len(failing), examples, truncated)
+        return Exploration(case, count, len(failing), examples, truncated, fetched_changed)

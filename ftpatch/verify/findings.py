@@ -40,6 +40,8 @@ CHECK_CMODX_WORDS = "cmodx-words"  # a transition changes more than one aligned 
 CHECK_CMODX_PAIR = "cmodx-pair"  # a transition outside the permitted set
 CHECK_RANGE = "range"  # BL from the slot cannot reach the trampoline
 CHECK_EMULATION = "emulation"
+CHECK_ENTRY_PATH = "entry-path"  # the patched word is not where callers' path puts the slot
+CHECK_SKIPPED = "skipped"  # a zero record, skipped as the kernel does (notes)
 CHECK_COVERAGE = "coverage"  # something was not checked (notes)
 
 

@@ -25,7 +25,7 @@ from ftpatch.verify.emulate import Case, Store
 from ftpatch.verify.findings import (
     CHECK_CMODX_PAIR,
     CHECK_CMODX_WORDS,
-    CHECK_COVERAGE,
+    CHECK_ENTRY_PATH,
     CHECK_MOV,
     CHECK_PREFIX_ALIGN,
     CHECK_RANGE,
@@ -37,7 +37,6 @@ from ftpatch.verify.findings import (
     CHECK_SLOT_WORD,
     Finding,
     Scheme,
-    Severity,
     Trampoline,
 )
 
@@ -168,7 +167,7 @@ class FileChecker:
             if site.layout is not None and site.layout.prefix_nops is not None:
                 n = site.layout.prefix_nops
             else:
-                f = self.function_offset(site)
+                f = site.entry_offset
                 sec = self.site_section(site)
                 if f is None or sec is None or site.state is State.INVALID:
                     continue
@@ -268,24 +267,17 @@ class FileChecker:
     # -- one site ------------------------------------------------------------------
 
     def check_site(self, site: Site, index: int) -> SitePlan:
+        if site.state is State.SKIPPED:  # a zero record: the kernel skips it too
+            return SitePlan((), (), None, None, (), ())  # one note per file (core.py)
         sec = self.site_section(site)
         if sec is None:
             finding = Finding(
                 CHECK_SCAN, site.location, site.reason or "no code section", site=index
             )
             return SitePlan((finding,), (), None, None, (), ())
-        if site.state.value == "discarded":  # a record of a function the linker dropped
-            note = Finding(
-                CHECK_COVERAGE,
-                site.location,
-                site.reason or "discarded record",
-                Severity.NOTE,
-                site=index,
-            )
-            return SitePlan((note,), (), None, None, (), ())
         findings: list[Finding] = []
         r = site.record.target_offset
-        f = self.function_offset(site)
+        f = site.entry_offset  # where callers enter, from the function's symbol
         findings.extend(self._layout_findings(site, index, sec, r))
         if r % 4:
             return SitePlan(tuple(findings), (), None, None, (), ())
@@ -337,12 +329,10 @@ class FileChecker:
         for t in transitions:
             findings.extend(self._cmodx_findings(site, index, sec, t))
 
-        # Run from the function's entry; when the site's symbol is not its own
-        # (a local function without a symbol in a linked image, whose place is
-        # named after an enclosing symbol), from the entry words themselves.
+        # Run from where callers enter: the function's symbol, or where there
+        # is none (a local function stripped of its symbol), the entry words.
         entry: int | None
-        # (A symbol off the 4-byte grid is no instruction to enter by.)
-        if f is not None and f % 4 == 0 and (mov is None or mov - 4 <= f <= mov):
+        if f is not None:
             entry = f
         elif mov is not None:
             before = self.word(sec, mov - 4)
@@ -358,8 +348,10 @@ class FileChecker:
             # No instruction starts off the 4-byte grid (the slot alignment
             # check reports a section placed there).
             return SitePlan(tuple(findings), (), None, slot_address, stores, names)
-        start = min(entry, patched)
-        body = max(slot, patched) + 4
+        path_slot = entry + (8 if self.word(sec, entry) in arm64.BTI_LANDING_PADS else 4)
+        findings.extend(self._entry_path_findings(site, index, sec, entry, path_slot, patched))
+        start = min(entry, patched, slot)
+        body = max(slot, patched, path_slot) + 4
         if self.word(sec, body - 4) is None or start < 0:
             return SitePlan(tuple(findings), (), None, slot_address, stores, names)
         file_words = [self.word(sec, o) for o in range(start, body, 4)]
@@ -378,6 +370,32 @@ class FileChecker:
             )
         return SitePlan(
             tuple(findings), tuple(cases), self.address(sec, entry), slot_address, stores, names
+        )
+
+    def _entry_path_findings(
+        self, site: Site, index: int, sec: Section, entry: int, path_slot: int, patched: int
+    ) -> Iterator[Finding]:
+        """The words callers run, ``[BTI C] MOV X9,X30 ; slot``, must hold the
+        patched word (and, with the single-slot scheme, be the slot after a
+        MOV): a record naming any other word would have the runtime patch
+        code no caller executes (issue 12: a MOV in the CALL_OPS prefix)."""
+        if entry <= patched <= path_slot and (
+            self.scheme is Scheme.TWO_SLOT
+            or site.state is not State.REWRITTEN
+            or (patched == path_slot and self.word(sec, path_slot - 4) == arm64.MOV_X9_X30)
+        ):
+            return
+        where = self._locate(site, sec, patched)
+        path = "; ".join(
+            self._word(sec, o, self.word(sec, o) or 0) for o in range(entry, path_slot + 4, 4)
+        )
+        who = site.function or f"{sec.name}+{entry:#x}"
+        yield Finding(
+            CHECK_ENTRY_PATH,
+            where,
+            f"callers enter {who} at {sec.name}+{entry:#x} and run {path}; the word "
+            f"the runtime would patch, {sec.name}+{patched:#x}, is not the BL slot on that path",
+            site=index,
         )
 
     def _layout_findings(self, site: Site, index: int, sec: Section, r: int) -> Iterator[Finding]:
