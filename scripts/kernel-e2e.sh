@@ -492,6 +492,21 @@ EOF
 		result "mcount_check_$kind" "$(python3 "$REPO/scripts/mcount-check.py" "$OUT/vmlinux-$kind" \
 			"$OUT/objdump-$kind.txt" "$OUT/scan-vmlinux-$kind.json" "$kind" "$layout")"
 	done
+	# And scripts/check-records.py (pyelftools alone, each record's state
+	# from the typed, sized function symbols): exit 1 on any non-zero record
+	# not in the expected state.
+	local expect
+	for kind in ftpatch stock; do
+		expect=pristine
+		[ "$kind" = stock ] || expect=rewritten
+		if python3 "$REPO/scripts/check-records.py" "$OUT/vmlinux-$kind" --expect "$expect" \
+			> "$OUT/check-records-$kind.txt" 2>&1; then
+			result "check_records_$kind" "\"$(tail -1 "$OUT/check-records-$kind.txt")\""
+		else
+			cat "$OUT/check-records-$kind.txt"
+			die "scripts/check-records.py: vmlinux-$kind not all $expect (see $OUT/check-records-$kind.txt)"
+		fi
+	done
 	# A verify failure is reported now and fails the run at the end, after
 	# the boots, so one run shows everything.
 	if $FTPATCH_CMD verify --help >/dev/null 2>&1; then
