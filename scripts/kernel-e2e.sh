@@ -494,8 +494,12 @@ EOF
 	done
 	# And scripts/check-records.py (pyelftools alone, each record's state
 	# from the typed, sized function symbols): exit 1 on any non-zero record
-	# not in the expected state.
+	# not in the expected state.  Not on 6.1: there the records of 40
+	# overridden weak functions (code kept, symbol gone; 6.12's sorttable
+	# zeroes them) come out "unknown", and three of them, 8 bytes before the
+	# next function, "invalid" (read as that function's 4,2 prefix).
 	local expect
+	[ "$KVER" = 6.1 ] ||
 	for kind in ftpatch stock; do
 		expect=pristine
 		[ "$kind" = stock ] || expect=rewritten
@@ -614,7 +618,8 @@ EOF
 		python3 -c '
 import json, sys
 c, n = json.loads(sys.argv[1]), int(sys.argv[2])
-sys.exit(not (c["records"] == c["layout_ok"] == c["entry_symbol_ok"] == n and c["scan_lists_the_same_records"]))
+sys.exit(not (c["records"] == c["layout_ok"] == c["entry_symbol_ok"] + c["entry_without_symbol"] == n
+              and c["scan_lists_the_same_records"]))
 ' "${RESULT[mcount_check_$kind]}" "$sites" ||
 			die "mcount_loc records of vmlinux-$kind against pyelftools/objdump: ${RESULT[mcount_check_$kind]} ($sites sites)"
 	done

@@ -4,8 +4,9 @@
 Usage: mcount-check.py VMLINUX OBJDUMP_TXT SCAN_JSON KIND LAYOUT
 
 Used by scripts/kernel-e2e.sh.  The records are the words between
-__start_mcount_loc and __stop_mcount_loc, read with pyelftools (not
-ftpatch's reader); the instructions come from binutils objdump -d
+__start_mcount_loc and __stop_mcount_loc (in a PIE, the addends of their
+R_AARCH64_RELATIVE relocations), read with pyelftools (not ftpatch's
+reader); the instructions come from binutils objdump -d
 (OBJDUMP_TXT, made with --no-show-raw-insn) and the function entries from
 pyelftools' STT_FUNC symbols.  For each record the expected layout is:
 
@@ -18,30 +19,37 @@ pyelftools' STT_FUNC symbols.  For each record the expected layout is:
     KIND ftpatch: record = BL slot; mov x9, x30 at record-4; nop at record
 
 It prints one JSON object: the record count, whether ftpatch scan --json
-lists exactly those records, how many records have the expected layout and
-a function symbol at their entry, and the first mismatches.
+lists exactly those records, how many records have the expected layout, how
+many a function symbol at their entry and how many an entry outside every
+sized function symbol (an overridden weak function's code keeps its record
+but loses its symbol), and the first mismatches.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import sys
 from typing import Literal
 
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
+R_AARCH64_RELATIVE = 1027  # AAELF64 table 5.9
 
-def mcount_words(elf: ELFFile) -> tuple[list[int], dict[int, list[str]]]:
+
+def mcount_words(elf: ELFFile) -> tuple[list[int], dict[int, int]]:
+    """The records, and each STT_FUNC symbol's address -> its largest size."""
     symtab = elf.get_section_by_name(".symtab")
     assert isinstance(symtab, SymbolTableSection)
     value: dict[str, int] = {}
-    funcs: dict[int, list[str]] = {}
+    funcs: dict[int, int] = {}
     for sym in symtab.iter_symbols():
         value.setdefault(sym.name, sym["st_value"])
         if sym["st_info"]["type"] == "STT_FUNC":
-            funcs.setdefault(sym["st_value"], []).append(sym.name)
+            funcs[sym["st_value"]] = max(funcs.get(sym["st_value"], 0), sym["st_size"])
     start, stop = value["__start_mcount_loc"], value["__stop_mcount_loc"]
     for section in elf.iter_sections():
         lo = section["sh_addr"]
@@ -52,6 +60,14 @@ def mcount_words(elf: ELFFile) -> tuple[list[int], dict[int, list[str]]]:
         raise SystemExit(f"no section holds the mcount_loc records {start:#x}..{stop:#x}")
     order: Literal["little", "big"] = "little" if elf.little_endian else "big"
     words = [int.from_bytes(data[i : i + 8], order) for i in range(0, len(data), 8)]
+    # A relocatable kernel (RELOCATABLE, KASLR) is a PIE: a record's address
+    # is the addend of its R_AARCH64_RELATIVE (the word may be 0).
+    for section in elf.iter_sections():
+        if isinstance(section, RelocationSection) and section.is_RELA():
+            for rel in section.iter_relocations():
+                offset = rel["r_offset"]
+                if rel["r_info_type"] == R_AARCH64_RELATIVE and start <= offset < stop:
+                    words[(offset - start) // 8] = rel["r_addend"]
     return words, funcs
 
 
@@ -67,8 +83,20 @@ def main() -> None:
     scanned = sorted(site["target_address"] for site in entry["sites"] if site["target_address"])
     records = sorted(w for w in words if w)
 
+    # A record whose entry has no function symbol must not lie inside
+    # another function: it is then the code of a weak function that another
+    # definition overrode, which keeps its code but loses its symbol (6.1;
+    # 6.12's scripts/sorttable zeroes those records).
+    spans = sorted((a, a + size) for a, size in funcs.items() if size)
+    starts = [a for a, _ in spans]
+
+    def inside_a_function(address: int) -> bool:
+        i = bisect.bisect_right(starts, address) - 1
+        return i >= 0 and spans[i][0] <= address < spans[i][1]
+
     bad: list[str] = []
     layout_ok = entry_ok = bti = 0
+    anonymous: list[int] = []
     for w in records:
         if layout == "call-ops":
             literal = w if kind == "stock" else (w - 12) & ~7
@@ -98,8 +126,10 @@ def main() -> None:
             bad.append(f"record {w:#x}: " + "; ".join(f"{a:#x}: {insn.get(a)!r}" for a, _ in want))
         if func_entry in funcs:
             entry_ok += 1
+        elif not inside_a_function(func_entry):
+            anonymous.append(func_entry)
         elif len(bad) < 5:
-            bad.append(f"record {w:#x}: no STT_FUNC symbol at {func_entry:#x}")
+            bad.append(f"record {w:#x}: entry {func_entry:#x} inside another function")
     print(
         json.dumps(
             {
@@ -110,6 +140,8 @@ def main() -> None:
                 "mcount_loc_only": len(set(records) - set(scanned)),
                 "layout_ok": layout_ok,
                 "entry_symbol_ok": entry_ok,
+                "entry_without_symbol": len(anonymous),
+                "entry_without_symbol_first": [f"{a:#x}" for a in anonymous[:5]],
                 "bti": bti,
                 "mismatches": bad,
             }

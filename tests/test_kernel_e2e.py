@@ -132,7 +132,11 @@ def test_records_against_pyelftools_and_objdump(summary: dict[str, object]) -> N
         assert check["zero_words"] == summary["linked_zero_words"], (kind, check)
         assert check["scan_lists_the_same_records"] is True, (kind, check)
         assert check["layout_ok"] == sites, (kind, check)
-        assert check["entry_symbol_ok"] == sites, (kind, check)
+        # Overridden weak functions keep their code and record but lose
+        # their symbol (6.1; 6.12's sorttable zeroes those records).
+        anonymous = check["entry_without_symbol"]
+        assert check["entry_symbol_ok"] + anonymous == sites, (kind, check)
+        assert anonymous < 100 if summary["_version"] == "6.1" else anonymous == 0, (kind, check)
 
 
 def test_stock_kernel_boots_too(summary: dict[str, object]) -> None:
