@@ -10,6 +10,14 @@ Needs the inputs of benchmarks/generate.py.  Reports:
 Each figure is the median of REPEAT runs on fresh copies.
 
 Usage: python3 benchmarks/bench_rewrite.py [BENCHDIR] [--json]
+       python3 benchmarks/bench_rewrite.py --startup [OBJECT] [--runs N]
+
+``--startup`` needs no generated inputs: it times ``python3 -m ftpatch rewrite
+-q OBJECT`` (a fresh copy each run; default fixtures/obj/gcc-plain-O2.o)
+against ``python3 -c 'import typer'`` in N paired runs (default 21),
+alternating, and prints both medians, their ratio (target <= 1.3) and the
+median of the per-pair ratios; then what ``python3 -X importtime`` shows the
+rewrite importing beside typer's own modules, costliest first.
 """
 
 from __future__ import annotations
@@ -63,7 +71,76 @@ def median_run(make_cmd, repeat: int = REPEAT) -> tuple[float, int]:  # type: ig
     return statistics.median(walls), peak_rss(make_cmd())
 
 
+def _imports(cmd: list[str]) -> dict[str, tuple[int, int]]:
+    """Module -> (self us, cumulative us) from one ``-X importtime`` run of ``cmd``."""
+    proc = subprocess.run(
+        [cmd[0], "-X", "importtime", *cmd[1:]], capture_output=True, text=True, check=True
+    )
+    out: dict[str, tuple[int, int]] = {}
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        own, cumulative, name = line[len("import time:") :].split("|")
+        out[name.strip()] = (int(own), int(cumulative))
+    return out
+
+
+def startup(obj: Path, runs: int) -> None:
+    """Paired start-up runs: a one-object rewrite against ``import typer``."""
+    import ftpatch
+
+    # Bytecode for ftpatch, as a regular install leaves it (see main()).
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(Path(ftpatch.__file__).parent)],
+        check=True,
+    )
+    typer_cmd = [sys.executable, "-c", "import typer"]
+    with tempfile.TemporaryDirectory(prefix="ftpatch-startup-") as tmp:
+        copy = Path(tmp) / obj.name
+
+        def rewrite_cmd() -> list[str]:
+            shutil.copyfile(obj, copy)
+            return [*FTPATCH, "rewrite", "-q", str(copy)]
+
+        rewrite_cmd()
+        wall(rewrite_cmd())  # warm the page cache
+        wall(typer_cmd)
+        rewrites, typers = [], []
+        for _ in range(runs):
+            rewrites.append(wall(rewrite_cmd()))
+            typers.append(wall(typer_cmd))
+        extra = _imports(rewrite_cmd())
+    base = _imports(typer_cmd)
+    rw, ty = statistics.median(rewrites), statistics.median(typers)
+    pairs = statistics.median(r / t for r, t in zip(rewrites, typers, strict=True))
+    print(f"object                  {obj}")
+    print(f"runs                    {runs} paired")
+    print(f"rewrite -q (median)     {rw:.4f} s")
+    print(f"import typer (median)   {ty:.4f} s")
+    print(f"ratio of medians        {rw / ty:.3f}")
+    print(f"median of pair ratios   {pairs:.3f}")
+    print(f"target <= 1.3           {'met' if rw / ty <= 1.3 else 'MISSED'}")
+    print("imported beside typer's modules (self us, cumulative us):")
+    rows = sorted(
+        ((own, cum, name) for name, (own, cum) in extra.items() if name not in base),
+        reverse=True,
+    )
+    for own, cum, name in rows:
+        print(f"  {own:7} {cum:7}  {name}")
+    print(f"  {sum(r[0] for r in rows):7} total self")
+
+
 def main() -> None:
+    if "--startup" in sys.argv:
+        rest = [a for a in sys.argv[1:] if a != "--startup"]
+        runs = 21
+        if "--runs" in rest:
+            i = rest.index("--runs")
+            runs = int(rest[i + 1])
+            del rest[i : i + 2]
+        root = Path(__file__).resolve().parent.parent
+        startup(Path(rest[0]) if rest else root / "fixtures/obj/gcc-plain-O2.o", runs)
+        return
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     bench = Path(args[0] if args else "/var/tmp/ftpatch-bench")
     big, one, small = bench / "big.o", bench / "one.o", bench / "small"

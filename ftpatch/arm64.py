@@ -137,3 +137,32 @@ def cmodx_class(word: int) -> str | None:
 def cmodx_permitted(old: int, new: int) -> bool:
     """True when ``old`` may be replaced by ``new`` while other CPUs execute it."""
     return cmodx_class(old) is not None and cmodx_class(new) is not None
+
+
+# Top byte (little-endian: the word's last byte) of the immediate branches
+# (ARM DDI 0487, C4.1.3 "Branches, Exception Generating and System
+# instructions"): B/BL imm26, B.cond imm19, CBZ/CBNZ imm19, TBZ/TBNZ imm14.
+BRANCH_TOP_BYTES = bytes(
+    [*range(0x14, 0x18), *range(0x94, 0x98), 0x54, *range(0x34, 0x38), *range(0xB4, 0xB8)]
+)
+
+
+def branch_target(source: int, word: int) -> int | None:
+    """Where the immediate branch ``word`` at ``source`` goes, or None if it is none."""
+    top = word >> 24
+    if top & 0x7C == 0x14:  # B, BL: x00101 imm26
+        return bl_target(source, word)
+    if top == 0x54 and not word & 0x10:  # B.cond: 01010100 imm19 0 cond
+        imm = (word >> 5) & 0x7FFFF
+    elif top & 0x7E == 0x34:  # CBZ, CBNZ: sf 011010 op imm19 Rt
+        imm = (word >> 5) & 0x7FFFF
+    elif top & 0x7E == 0x36:  # TBZ, TBNZ: b5 011011 op b40 imm14 Rt
+        imm = (word >> 5) & 0x3FFF
+        if imm & 0x2000:
+            imm -= 0x4000
+        return source + imm * 4
+    else:
+        return None
+    if imm & 0x40000:
+        imm -= 0x80000
+    return source + imm * 4

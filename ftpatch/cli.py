@@ -3,25 +3,32 @@
 Exit status: 0 success; 1 ``--check`` found work to do, or ``verify`` found a
 failing site; 2 bad input or an I/O error (the input is left untouched).
 With several files the status is the worst of them.
+
+Start-up is most of a one-object rewrite (benchmarks/bench_rewrite.py), so
+this module imports only what every command needs; each command imports its
+own machinery, and json only with --json.  No ``from __future__ import
+annotations``: typer would evaluate every string annotation of every command
+at each start (about 3 ms).
 """
 
-from __future__ import annotations
-
+import enum
 import functools
-import json
 import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
+from typer.core import TyperCommand
 
 from ftpatch import __version__
 from ftpatch.errors import FtpatchError
 from ftpatch.model import RecordsMode, State
+
+if TYPE_CHECKING:
+    from ftpatch.rewrite import RewriteResult
 
 app = typer.Typer(
     name="ftpatch",
@@ -39,6 +46,14 @@ app = typer.Typer(
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 
+class _Command(TyperCommand):
+    """Usage lines as a man page writes them, ``FILE...``: typer braces a
+    required argument's metavar (``{files}...``)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [piece.strip("{}") for piece in super().collect_usage_pieces(ctx)]
+
+
 def _err(message: str) -> None:
     sys.stderr.write(message.rstrip("\n") + "\n")
 
@@ -48,6 +63,8 @@ def _out(message: str) -> None:
 
 
 def _internal(path: str, exc: BaseException) -> str:
+    """The one-line message of an unexpected exception (its traceback too,
+    once, with FTPATCH_DEBUG set): call it once per error."""
     if os.environ.get("FTPATCH_DEBUG"):
         import traceback
 
@@ -71,88 +88,137 @@ def _main(
     pass
 
 
-FilesArg = Annotated[list[Path], typer.Argument(help="ELF files (.o, ld -r output, images).")]
+FilesArg = Annotated[
+    list[Path],
+    typer.Argument(metavar="FILE...", help="ELF files (.o, ld -r output, images)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
-
-
-RecordsOpt = Annotated[
-    str,
+JobsOpt = Annotated[
+    int | None,
     typer.Option(
-        "--records",
-        help="Linked images: where the records are: 'section' (__patchable_function_entries), "
-        "'mcount-loc' (between __start_mcount_loc and __stop_mcount_loc) or 'auto'.",
+        "-j",
+        "--jobs",
+        min=1,
+        metavar="N",
+        show_default=False,
+        help="Files processed in parallel (default: one per CPU this process may use).",
     ),
 ]
 
 
-def _records_mode(value: str) -> RecordsMode:
-    if value not in ("auto", "section", "mcount-loc"):
-        _err(f"ftpatch: --records must be auto, section or mcount-loc, not {value!r}")
-        raise typer.Exit(EXIT_ERROR)
-    return value  # type: ignore[return-value]
+class Records(enum.StrEnum):
+    """--records: typer lists an Enum's values as the option's choices."""
+
+    AUTO = "auto"
+    SECTION = "section"
+    MCOUNT_LOC = "mcount-loc"
 
 
-@app.command()
-def scan(files: FilesArg, records: RecordsOpt = "auto", json_: JsonOpt = False) -> None:
+RecordsOpt = Annotated[
+    Records,
+    typer.Option(
+        "--records",
+        help="Linked images: where the records are: section (__patchable_function_entries), "
+        "mcount-loc (between __start_mcount_loc and __stop_mcount_loc), or auto "
+        "(mcount-loc when the image has those symbols, else section).",
+    ),
+]
+
+
+def _records_mode(value: Records) -> RecordsMode:
+    return value.value
+
+
+class _Outcome(NamedTuple):
+    """What one file's command has to say; built in a worker, printed by the parent."""
+
+    status: int
+    stdout: tuple[str, ...]
+    stderr: tuple[str, ...]
+    doc: dict[str, Any]
+    report: Any = None  # verify: the VerifyReport, for the summary table
+
+
+@app.command(cls=_Command)
+def scan(
+    files: FilesArg,
+    records: RecordsOpt = Records.AUTO,
+    jobs: JobsOpt = None,
+    json_: JsonOpt = False,
+) -> None:
     """List every record of __patchable_function_entries and the state of its site.
 
     States: pristine (nop; nop), rewritten (mov x9, x30; nop with the record on
-    the nop), invalid (with the reason).  Exit 2 on a file that cannot be read.
+    the nop), invalid (with the reason), skipped (a zero record of a linked
+    image).  Exit 2 on a file that cannot be read.
     """
+    work = functools.partial(_scan_one, records=_records_mode(records), json_=json_)
+    paths = [str(f) for f in files]
+    outcomes = _run_many("scan", work, paths, jobs or _default_jobs(), stdout=not json_)
+    _finish(outcomes, json_)
+
+
+def _scan_one(path: str, records: RecordsMode, json_: bool) -> _Outcome:
     from ftpatch.report import scan_dict, scan_lines
     from ftpatch.scan import scan_file
 
-    mode = _records_mode(records)
-    status = EXIT_OK
-    docs: list[dict[str, Any]] = []
-    for file in files:
-        path = str(file)
-        try:
-            with scan_file(path, mode) as result:
-                if json_:
-                    docs.append(scan_dict(result))
-                else:
-                    for line in scan_lines(result):
-                        _out(line)
-        except FtpatchError as exc:
-            _err(str(exc))
-            docs.append({"path": path, "error": str(exc)})
-            status = max(status, exc.exit_status)
-        except BrokenPipeError:
-            raise
-        except Exception as exc:
-            _err(_internal(path, exc))
-            docs.append({"path": path, "error": _internal(path, exc)})
-            status = EXIT_ERROR
+    def body() -> _Outcome:
+        with scan_file(path, records) as result:
+            if json_:
+                return _Outcome(EXIT_OK, (), (), scan_dict(result))
+            return _Outcome(EXIT_OK, tuple(scan_lines(result)), (), {})
+
+    return _guarded(path, body)
+
+
+def _guarded(path: str, body: Callable[[], _Outcome], directory: str = "") -> _Outcome:
+    """``body()``, or the one per-file outcome of an error: the message on
+    stderr, ``{"path", "error"}`` in --json, the error's exit status."""
+    if directory and os.path.isdir(path):
+        msg = f"{path}: is a directory{directory}"
+        return _Outcome(EXIT_ERROR, (), (msg,), {"path": path, "error": msg})
+    try:
+        return body()
+    except FtpatchError as exc:
+        return _Outcome(exc.exit_status, (), (str(exc),), {"path": path, "error": str(exc)})
+    except BrokenPipeError:
+        raise
+    except Exception as exc:
+        msg = _internal(path, exc)
+        return _Outcome(EXIT_ERROR, (), (msg,), {"path": path, "error": msg})
+
+
+def _finish(outcomes: list[_Outcome], json_: bool, **extra: Any) -> None:
+    """Print --json's document (the lines went out as files finished); exit
+    with the worst status of all files."""
+    status = max((o.status for o in outcomes), default=EXIT_OK)
     if json_:
-        _out(json.dumps({"files": docs}, indent=2))
+        import json
+
+        doc: dict[str, Any] = {"files": [o.doc for o in outcomes], **extra}
+        if "exit_status" in doc:
+            doc["exit_status"] = status
+        _out(json.dumps(doc, indent=2))
     raise typer.Exit(status)
 
 
 def _collect(files: list[Path], recursive: bool) -> list[str]:
-    """Files in command-line order; directories (with -r) walked in sorted order for *.o."""
+    """Files in command-line order; directories (with -r) walked in sorted order for *.o.
+
+    Without -r a directory stays in the list: its rewrite fails alone
+    (``_rewrite_one``), as in scan and verify, and the other files go on.
+    Entries of a walk that are not regular files (a FIFO named x.o) are
+    kept too, and refused by the rewrite like one named on the command line.
+    """
     out: list[str] = []
     for file in files:
-        if file.is_dir():
-            if not recursive:
-                _err(f"{file}: is a directory (use -r to rewrite the objects under it)")
-                raise typer.Exit(EXIT_ERROR)
+        if recursive and file.is_dir():
             for root, dirs, names in os.walk(file):
                 dirs.sort()
                 out.extend(os.path.join(root, n) for n in sorted(names) if n.endswith(".o"))
         else:
             out.append(str(file))
     return out
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """What one file's rewrite has to say; built in a worker, printed by the parent."""
-
-    status: int
-    stdout: tuple[str, ...]
-    stderr: tuple[str, ...]
-    doc: dict[str, Any]
 
 
 def _rewrite_one(
@@ -164,19 +230,24 @@ def _rewrite_one(
     records: RecordsMode,
     detail: bool = False,
 ) -> _Outcome:
-    from ftpatch.report import plan_lines, rewrite_dict, rewrite_line
     from ftpatch.rewrite import rewrite_file
-    from ftpatch.scan import zero_records_note
 
-    try:
+    def body() -> _Outcome:
         result = rewrite_file(
             path, output, check=check, dry_run=dry_run, records_mode=records, detail=detail
         )
-    except FtpatchError as exc:
-        return _Outcome(exc.exit_status, (), (str(exc),), {"path": path, "error": str(exc)})
-    except Exception as exc:
-        msg = _internal(path, exc)
-        return _Outcome(EXIT_ERROR, (), (msg,), {"path": path, "error": msg})
+        return _rewrite_outcome(result, check, dry_run, quiet, detail)
+
+    # (A directory only without -r: _collect walks them with it.)
+    return _guarded(path, body, " (use -r to rewrite the objects under it)")
+
+
+def _rewrite_outcome(
+    result: "RewriteResult", check: bool, dry_run: bool, quiet: bool, detail: bool
+) -> _Outcome:
+    from ftpatch.report import plan_lines, rewrite_dict, rewrite_line
+    from ftpatch.scan import zero_records_note
+
     status = EXIT_FINDINGS if check and result.changes else EXIT_OK
     lines: list[str] = []
     if not quiet or (check and result.changes):
@@ -198,7 +269,7 @@ def _default_jobs() -> int:
         return os.cpu_count() or 1
 
 
-@app.command()
+@app.command(cls=_Command)
 def rewrite(
     files: FilesArg,
     output: Annotated[
@@ -214,13 +285,8 @@ def rewrite(
     recursive: Annotated[
         bool, typer.Option("-r", "--recursive", help="Rewrite the *.o files under directories.")
     ] = False,
-    jobs: Annotated[
-        int | None,
-        typer.Option(
-            "-j", "--jobs", min=1, help="Files processed in parallel [default: all cores]."
-        ),
-    ] = None,
-    records: RecordsOpt = "auto",
+    jobs: JobsOpt = None,
+    records: RecordsOpt = Records.AUTO,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print errors only.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -248,30 +314,31 @@ def rewrite(
         records=mode,
         detail=json_ or dry_run,
     )
-    outcomes = _run_many(work, paths, jobs or _default_jobs(), stream=not json_)
-    if json_:
-        _out(json.dumps({"files": [o.doc for o in outcomes]}, indent=2))
-    raise typer.Exit(max((o.status for o in outcomes), default=EXIT_OK))
+    outcomes = _run_many("rewrite", work, paths, jobs or _default_jobs(), stdout=not json_)
+    _finish(outcomes, json_)
 
 
-def _emit(outcome: _Outcome) -> None:
+def _emit(outcome: _Outcome, stdout: bool) -> None:
     for line in outcome.stderr:
         _err(line)
-    for line in outcome.stdout:
-        _out(line)
+    if stdout:
+        for line in outcome.stdout:
+            _out(line)
 
 
 def _run_many(
-    work: Callable[[str], _Outcome], paths: list[str], jobs: int, *, stream: bool
+    command: str, work: Callable[[str], _Outcome], paths: list[str], jobs: int, *, stdout: bool
 ) -> list[_Outcome]:
     """Run ``work`` on every path, ``jobs`` at a time; print in input order.
 
-    On an interactive terminal a progress bar (stderr) runs while files are
+    The one per-file driver of scan, rewrite and verify.  Messages (stderr)
+    are always printed; the stdout lines only with ``stdout`` (--json prints
+    its document instead).  On an interactive terminal a progress bar (stderr) runs while files are
     processed and the lines follow; otherwise lines stream as files finish,
     still in input order, so logs are deterministic.
     """
     jobs = max(1, min(jobs, len(paths)))
-    interactive = stream and len(paths) > 1 and sys.stderr.isatty()
+    interactive = len(paths) > 1 and sys.stderr.isatty()
     results: list[_Outcome | None] = [None] * len(paths)
     printed = 0
 
@@ -280,8 +347,8 @@ def _run_many(
         while printed < len(paths) and results[printed] is not None:
             outcome = results[printed]
             assert outcome is not None
-            if stream and not interactive:
-                _emit(outcome)
+            if not interactive:
+                _emit(outcome, stdout)
             printed += 1
 
     progress = None
@@ -291,7 +358,7 @@ def _run_many(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         progress = Progress(
-            TextColumn("rewrite"),
+            TextColumn(command),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[f]}"),
@@ -299,7 +366,7 @@ def _run_many(
             transient=True,
         )
         progress.start()
-        task = progress.add_task("rewrite", total=len(paths), f="")
+        task = progress.add_task(command, total=len(paths), f="")
     try:
         if jobs == 1:
             for i, path in enumerate(paths):
@@ -327,11 +394,18 @@ def _run_many(
     done = [r for r in results if r is not None]
     if interactive:
         for outcome in done:
-            _emit(outcome)
+            _emit(outcome, stdout)
     return done
 
 
-@app.command()
+class SchemeChoice(enum.StrEnum):
+    """--scheme (verify.findings.Scheme, named here so that start-up imports no verify)."""
+
+    SINGLE_SLOT = "single-slot"
+    TWO_SLOT = "two-slot"
+
+
+@app.command(cls=_Command)
 def verify(
     files: FilesArg,
     trampoline: Annotated[
@@ -344,15 +418,15 @@ def verify(
         ),
     ] = None,
     scheme: Annotated[
-        str,
+        SchemeChoice,
         typer.Option(
             "--scheme",
-            metavar="single-slot|two-slot",
             help="single-slot: the runtime changes only the BL slot (ftpatch's contract). "
-            "two-slot: the runtime writes MOV then BL, as it must without the rewrite "
-            "(the verifier must find the counterexample).",
+            "two-slot: the runtime writes MOV then BL, as it must without the rewrite; "
+            "on a pristine input (before ftpatch rewrite) the verifier finds the "
+            "counterexample, on a rewritten one the MOV is already there and it reports ok.",
         ),
-    ] = "single-slot",
+    ] = SchemeChoice.SINGLE_SLOT,
     sites: Annotated[
         str,
         typer.Option(
@@ -361,6 +435,7 @@ def verify(
             help="Emulate every site, or N spread evenly (static checks cover all).",
         ),
     ] = "all",
+    jobs: JobsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Prove each site safe to patch while other CPUs run it.
@@ -374,93 +449,104 @@ def verify(
     """
     import time
 
-    from ftpatch.verify import Scheme, verify_file
-    from ftpatch.verify.emulate import Engine
-    from ftpatch.verify.render import finding_lines, report_dict, summary_line, summary_table
-    from ftpatch.verify.render import totals as totals_line
-
-    try:
-        scheme_ = Scheme(scheme)
-    except ValueError:
-        _err(f"ftpatch verify: --scheme must be single-slot or two-slot, not {scheme!r}")
-        raise typer.Exit(EXIT_ERROR) from None
     limit: int | None = None
     if sites != "all":
         if not sites.isdigit():
             _err(f"ftpatch verify: --sites must be 'all' or a number, not {sites!r}")
             raise typer.Exit(EXIT_ERROR)
         limit = int(sites)
-
-    from rich.console import Console
-    from rich.progress import Progress
-
-    err_console = Console(stderr=True)
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-    bar: Progress | None = None
-    task = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar, task
-        if total < 500 or json_ or not err_console.is_terminal:
-            return
-        if bar is None:
-            bar = Progress(console=err_console, transient=True)
-            bar.start()
-        if task is None:
-            task = bar.add_task("verifying sites", total=total)
-        bar.update(task, completed=done)
-        if done == total:
-            bar.remove_task(task)
-            task = None
-
-    status = EXIT_OK
-    reports = []
-    docs: list[dict[str, Any]] = []
-    engine: Engine | None = None
+    paths = [str(f) for f in files]
+    jobs = max(1, min(jobs or _default_jobs(), len(paths)))
+    bar = _SiteProgress(enabled=not json_ and jobs == 1 and len(paths) == 1)
+    work = functools.partial(
+        _verify_one,
+        scheme=scheme.value,
+        trampoline=trampoline,
+        limit=limit,
+        json_=json_,
+        progress=bar.update if bar.enabled else None,
+    )
     started = time.perf_counter()
     try:
-        for file in files:
-            path = str(file)
-            try:
-                if engine is None and limit != 0:
-                    engine = Engine()  # one emulator for every file
-                report = verify_file(
-                    path,
-                    scheme=scheme_,
-                    trampoline=trampoline,
-                    sites=limit,
-                    engine=engine,
-                    progress=progress,
-                )
-            except FtpatchError as exc:
-                _err(str(exc))
-                docs.append({"path": path, "error": str(exc)})
-                status = max(status, exc.exit_status)
-                continue
-            except Exception as exc:
-                _err(_internal(path, exc))
-                docs.append({"path": path, "error": _internal(path, exc)})
-                status = EXIT_ERROR
-                continue
-            reports.append(report)
-            status = max(status, report.exit_status)
-            if json_:
-                docs.append(report_dict(report))
-            else:
-                for line in finding_lines(report):
-                    _out(line)
+        outcomes = _run_many("verify", work, paths, jobs, stdout=not json_)
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.stop()
     elapsed = time.perf_counter() - started
-    if json_:
-        _out(json.dumps({"files": docs, "exit_status": status}, indent=2))
-    elif len(reports) == 1:
-        _out(summary_line(reports[0]))
-    elif reports:
-        console.print(summary_table(reports))
-        _out(totals_line(reports, elapsed))
-    raise typer.Exit(status)
+    reports = [o.report for o in outcomes if o.report is not None]
+    if not json_:
+        from ftpatch.verify.render import summary_line, summary_table
+        from ftpatch.verify.render import totals as totals_line
+
+        if len(reports) == 1:
+            _out(summary_line(reports[0]))
+        elif reports:
+            from rich.console import Console
+
+            console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+            console.print(summary_table(reports))
+            _out(totals_line(reports, elapsed))
+    _finish(outcomes, json_, exit_status=EXIT_OK)
+
+
+_ENGINE: Any = None  # one emulator per process, for every file it verifies
+
+
+def _verify_one(
+    path: str,
+    scheme: str,
+    trampoline: str | None,
+    limit: int | None,
+    json_: bool,
+    progress: Callable[[int, int], None] | None,
+) -> _Outcome:
+    from ftpatch.verify import Scheme, verify_file
+    from ftpatch.verify.emulate import Engine
+    from ftpatch.verify.render import finding_lines, report_dict
+
+    def body() -> _Outcome:
+        global _ENGINE
+        if _ENGINE is None and limit != 0:
+            _ENGINE = Engine()
+        report = verify_file(
+            path,
+            scheme=Scheme(scheme),
+            trampoline=trampoline,
+            sites=limit,
+            engine=_ENGINE,
+            progress=progress,
+        )
+        # The report itself goes back too (from a worker: pickled), for the
+        # summary table.
+        if json_:
+            return _Outcome(report.exit_status, (), (), report_dict(report), report)
+        return _Outcome(report.exit_status, tuple(finding_lines(report)), (), {}, report)
+
+    return _guarded(path, body)
+
+
+class _SiteProgress:
+    """verify's per-site progress bar on an interactive stderr (one big file)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def update(self, done: int, total: int) -> None:
+        if total < 500:
+            return
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self._bar = Progress(console=Console(stderr=True), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("verifying sites", total=total)
+        self._bar.update(self._task, completed=done)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 def main() -> None:

@@ -31,8 +31,16 @@ class Location(NamedTuple):
 
     @property
     def place(self) -> str:
-        """The location without the file name: ``func+0x4``."""
-        return str(self).split(": ", 1)[-1]
+        """The location without the file name: ``func+0x4`` (empty for a whole file).
+
+        Built from the fields, never by splitting the text: a path may hold ": ".
+        """
+        if self.symbol is not None and self.symbol_offset is not None:
+            delta = self.symbol_offset
+            return f"{self.symbol}{'-' if delta < 0 else '+'}{abs(delta):#x}"
+        if self.section is not None and self.offset is not None:
+            return f"{self.section}+{self.offset:#x}"
+        return self.section or ""
 
     def moved(self, offset: int) -> Location:
         """The same place moved to ``offset`` in the same section."""
@@ -42,15 +50,8 @@ class Location(NamedTuple):
         return Location(self.path, self.section, offset, self.symbol, sym_off)
 
     def __str__(self) -> str:
-        if self.symbol is not None and self.symbol_offset is not None:
-            delta = self.symbol_offset
-            sign = "-" if delta < 0 else "+"
-            return f"{self.path}: {self.symbol}{sign}{abs(delta):#x}"
-        if self.section is not None and self.offset is not None:
-            return f"{self.path}: {self.section}+{self.offset:#x}"
-        if self.section is not None:
-            return f"{self.path}: {self.section}"
-        return self.path
+        place = self.place
+        return f"{self.path}: {place}" if place else self.path
 
 
 class State(enum.Enum):
@@ -62,6 +63,18 @@ class State(enum.Enum):
     # sort zeroes those of overridden weak functions), and so does every
     # ftpatch command: counted, reported, left alone.
     SKIPPED = "skipped"
+
+
+class Problem(enum.Enum):
+    """Why a site is invalid, as the classifier saw it (verify names its check by it)."""
+
+    MISALIGNED = "misaligned"  # the record is off the 4-byte grid
+    RECORD_ON_MOV = "record-on-mov"  # mov x9, x30 written, record not moved onto the slot
+    RECORD_BEFORE_ENTRY = "record-before-entry"  # in the prefix, entry not nop ; nop
+    NO_MOV = "no-mov"  # the record is on a slot with no mov x9, x30 before it
+    NO_MOV_NOR_NOP = "no-mov-nor-nop"  # ... and the slot is no nop either
+    SLOT_NOT_NOP = "slot-not-nop"  # mov x9, x30, then no nop where the record points
+    OTHER = "other"  # anything else: the reason says what
 
 
 class RecordKind(enum.Enum):
@@ -128,6 +141,15 @@ class Site(NamedTuple):
     # Where callers enter the function (offset in target_section): its typed,
     # sized function symbol; None where no such symbol says (then the words do).
     entry_offset: int | None = None
+    problem: Problem | None = None  # why an invalid site is invalid
+
+
+class EditKind(enum.Enum):
+    """What an Edit changes."""
+
+    MOV = "mov"  # the first entry word: nop -> mov x9, x30
+    RECORD = "record"  # the value that moves to the BL slot (addend or word)
+    RECORD_WORD = "record-word"  # a second copy of it (GNU ld's PIE word)
 
 
 class Edit(NamedTuple):
@@ -142,12 +164,12 @@ class Edit(NamedTuple):
     old: bytes
     new: bytes
     site: Site
-    kind: str
+    kind: EditKind
 
     @property
     def location(self) -> Location:
         site = self.site
-        if self.kind == "mov" and site.mov_offset is not None:
+        if self.kind is EditKind.MOV and site.mov_offset is not None:
             return site.location.moved(site.mov_offset)
         r = site.record
         return Location(site.location.path, r.section, r.index * 8)
@@ -155,17 +177,19 @@ class Edit(NamedTuple):
     @property
     def what(self) -> str:
         site = self.site
-        if self.kind == "mov":
+        if self.kind is EditKind.MOV:
             return "mov x9, x30"
         assert site.slot_offset is not None
         delta = site.slot_offset - site.record.target_offset
         slot = site.location.moved(site.slot_offset).place
-        label = "record word" if self.kind == "record-word" else "record"
+        label = "record word" if self.kind is EditKind.RECORD_WORD else "record"
         return f"{label} +{delta:#x} -> {slot}"
 
 
 @dataclass(frozen=True)
 class Plan:
+    """Every site of one file and the same-size edits that rewrite them."""
+
     path: str
     sites: tuple[Site, ...]
     edits: tuple[Edit, ...] = field(default=())

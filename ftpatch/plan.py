@@ -13,7 +13,7 @@ from typing import Literal
 
 from ftpatch import arm64
 from ftpatch.errors import SiteError
-from ftpatch.model import Edit, Plan, Site, State
+from ftpatch.model import Edit, EditKind, Plan, Site, State
 
 _NOP = arm64.word_bytes(arm64.NOP)
 _MOV = arm64.word_bytes(arm64.MOV_X9_X30)
@@ -42,7 +42,7 @@ def plan_rewrite(path: str, sites: tuple[Site, ...], *, big_endian: bool) -> Pla
         assert mov is not None and slot_offset is not None
         if mov not in seen_mov:  # two records for one entry move, one MOV
             seen_mov.add(mov)
-            append(Edit(mov, _NOP, _MOV, site, "mov"))
+            append(Edit(mov, _NOP, _MOV, site, EditKind.MOV))
         record = site.record
         value = record.value
         delta = slot_offset - record.target_offset
@@ -51,8 +51,8 @@ def plan_rewrite(path: str, sites: tuple[Site, ...], *, big_endian: bool) -> Pla
         old = (value & _U64).to_bytes(8, order)
         new = ((value + delta) & _U64).to_bytes(8, order)
         if record.mirror_file_offset is not None:
-            append(Edit(record.mirror_file_offset, old, new, site, "record-word"))
-        append(Edit(record.value_file_offset, old, new, site, "record"))
+            append(Edit(record.mirror_file_offset, old, new, site, EditKind.RECORD_WORD))
+        append(Edit(record.value_file_offset, old, new, site, EditKind.RECORD))
     edits.sort(key=_by_offset)
     end = -1
     for edit in edits:

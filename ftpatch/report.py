@@ -21,7 +21,7 @@ def site_dict(site: Site) -> dict[str, Any]:
         "target_offset": r.target_offset,
         "target_address": r.target_address,
         "function": site.function,
-        "location": str(site.location).split(": ", 1)[-1],
+        "location": site.location.place,
         "layout": str(site.layout) if site.layout else None,
         "prefix_nops": site.layout.prefix_nops if site.layout else None,
         "bti": site.layout.bti if site.layout else None,
@@ -59,7 +59,7 @@ def scan_lines(result: ScanResult) -> list[str]:
     rows = []
     for s in sites:
         r = s.record
-        where = str(s.location).split(": ", 1)[-1]
+        where = s.location.place
         rows.append(
             (
                 f"[{r.section_index}] {r.section} #{r.index}",

@@ -6,12 +6,11 @@ did.  ``check`` and ``dry_run`` stop after the plan.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from ftpatch.elf.reader import mapped_elf
+from ftpatch.elf.reader import mapped_elf, open_regular
 from ftpatch.elf.writer import locked, write_plan, write_regions
 from ftpatch.errors import FtpatchError
 from ftpatch.fastpath import plan_object
@@ -20,8 +19,10 @@ from ftpatch.plan import plan_rewrite
 from ftpatch.scan import scan_elf
 
 
-@dataclass(frozen=True)
-class RewriteResult:
+class RewriteResult(NamedTuple):
+    """What one file's rewrite found and did (a NamedTuple: cheaper to define
+    at start-up than a frozen dataclass)."""
+
     path: str
     output: str
     sites: int
@@ -53,6 +54,9 @@ def rewrite_file(
     source = os.path.realpath(path)
     dest = source if output is None else output
     shown = path if output is None else output
+    # Before the lock, which opens the file: a FIFO would wait there forever.
+    # Messages name the file as typed (``path``), never its resolved target.
+    os.close(open_regular(source, path))
     if output is None and not (check or dry_run):
         try:
             st = os.stat(source)
@@ -70,7 +74,7 @@ def rewrite_file(
                 Location(path),
                 "file is not writable by this user; refusing to replace it in place (use -o)",
             )
-    with locked(source), mapped_elf(source) as elf:
+    with locked(source, path), mapped_elf(source, path) as elf:
         fast = None if detail else plan_object(elf)
         if fast is not None:
             result = RewriteResult(
@@ -92,7 +96,7 @@ def rewrite_file(
         if check or dry_run or (not result.changes and output is None):
             return result
         if fast is not None:
-            write_regions(source, dest, fast.regions)
+            write_regions(source, dest, fast.regions, source_name=path, dest_name=shown)
         else:
-            write_plan(plan, source, elf.data, dest)
-        return dataclasses.replace(result, written=True)
+            write_plan(plan, source, elf.data, dest, source_name=path, dest_name=shown)
+        return result._replace(written=True)

@@ -35,7 +35,7 @@
 #                        6.1, /var/tmp/ftpatch-kernel-6.12 for 6.12)
 #   FTPATCH_KERNEL_REUSE 1 = keep the extracted tree and build dir of a previous
 #                        run (incremental; build times are then meaningless)
-#   FTPATCH              ftpatch command (default: python3 -m ftpatch from this repo)
+#   FTPATCH              ftpatch command (default: python -m ftpatch from this repo, .venv's python if any)
 #   FTPATCH_E2E_SWITCHES function tracer on/off cycles in the ftpatch boot (30)
 #   FTPATCH_QEMU_TIMEOUT seconds before a boot is killed (900)
 #   FTPATCH_FLAKE_RETRIES boots after a known qemu flake, each reported (12)
@@ -73,7 +73,9 @@ esac
 BASE_PATCHES=("$PATCHES"/0001-*.patch "$PATCHES"/0003-*.patch)
 KERNEL_PATCH=$(echo "$PATCHES"/0002-*.patch)
 REUSE=${FTPATCH_KERNEL_REUSE:-0}
-FTPATCH_CMD=${FTPATCH:-env PYTHONPATH=$REPO python3 -m ftpatch}
+# The venv scripts/install-deps.sh makes, when there is one (Debian's python3 has no ftpatch deps).
+FTPATCH_PY=python3; [[ -x $REPO/.venv/bin/python ]] && FTPATCH_PY=$REPO/.venv/bin/python
+FTPATCH_CMD=${FTPATCH:-env PYTHONPATH=$REPO $FTPATCH_PY -m ftpatch}
 SWITCHES=${FTPATCH_E2E_SWITCHES:-30}
 QEMU_TIMEOUT=${FTPATCH_QEMU_TIMEOUT:-900}
 FLAKE_RETRIES=${FTPATCH_FLAKE_RETRIES:-12}
@@ -489,7 +491,7 @@ EOF
 	local layout=plain
 	[ "$KVER" = 6.1 ] || layout=call-ops
 	for kind in ftpatch stock; do
-		result "mcount_check_$kind" "$(python3 "$REPO/scripts/mcount-check.py" "$OUT/vmlinux-$kind" \
+		result "mcount_check_$kind" "$("$FTPATCH_PY" "$REPO/scripts/mcount-check.py" "$OUT/vmlinux-$kind" \
 			"$OUT/objdump-$kind.txt" "$OUT/scan-vmlinux-$kind.json" "$kind" "$layout")"
 	done
 	# And scripts/check-records.py (pyelftools alone, each record's state
@@ -503,7 +505,7 @@ EOF
 	for kind in ftpatch stock; do
 		expect=pristine
 		[ "$kind" = stock ] || expect=rewritten
-		if python3 "$REPO/scripts/check-records.py" "$OUT/vmlinux-$kind" --expect "$expect" \
+		if "$FTPATCH_PY" "$REPO/scripts/check-records.py" "$OUT/vmlinux-$kind" --expect "$expect" \
 			> "$OUT/check-records-$kind.txt" 2>&1; then
 			result "check_records_$kind" "\"$(tail -1 "$OUT/check-records-$kind.txt")\""
 		else

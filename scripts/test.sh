@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite: install everything (apt + pip), lint, type-check, test.
+# The whole test suite: install everything (apt, and ftpatch[test] into the
+# virtual environment .venv), lint, type-check, test, all with .venv's python.
 #   scripts/test.sh           full suite: the container check and the real
 #                             Linux kernel build + qemu boots included
-#   scripts/test.sh --quick   skip those two
+#   scripts/test.sh --quick   skip those two (and install nothing they alone need)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
 [[ "${1:-}" == "--quick" ]] && quick=1
 
-bash scripts/install-deps.sh
-echo "== ruff"; python3 -m ruff check $(ls -d ftpatch tests benchmarks fuzz 2>/dev/null)
-echo "== mypy"; python3 -m mypy
+if [[ $quick -eq 1 ]]; then bash scripts/install-deps.sh --quick; else bash scripts/install-deps.sh; fi
+PY=.venv/bin/python
+echo "== ruff"; $PY -m ruff check $(ls -d ftpatch tests benchmarks fuzz 2>/dev/null)
+echo "== mypy"; $PY -m mypy
 # Everything, the real-kernel end-to-end check included (scripts/kernel-e2e.sh,
 # pytest marker "kernel", about 10-15 minutes on 2 cores).  --quick skips
 # that and the container build.
@@ -20,9 +22,9 @@ if [[ $quick -eq 1 ]]; then marker="not kernel and not docker"; fi
 echo "== pytest"
 set +e
 if [[ -n "$marker" ]]; then
-    python3 -m pytest -q -ra -m "$marker" -p no:cacheprovider
+    $PY -m pytest -q -ra -m "$marker" -p no:cacheprovider
 else
-    python3 -m pytest -q -ra -p no:cacheprovider
+    $PY -m pytest -q -ra -p no:cacheprovider
 fi
 rc=$?
 set -e

@@ -119,3 +119,23 @@ def test_read_only_file_is_refused_in_place(copy_fixture) -> None:  # type: igno
     assert r.exit_code == 2
     assert "read-only" in r.output
     assert sha256(p) == digest
+
+
+def test_path_with_colon_space_keeps_places_whole(tmp_path: Path) -> None:
+    """Location.place is built from fields: a path holding ': ' once cut the
+    place out of the path's text ("b.o: add3+0x0" for add3+0x0)."""
+    import shutil
+
+    from conftest import fixture_path
+
+    p = tmp_path / "a: b.o"
+    shutil.copyfile(fixture_path("obj/gcc-plain-O2.o"), p)
+    p.chmod(0o644)
+    r = runner.invoke(app, ["scan", "--json", str(p)])
+    assert r.exit_code == 0
+    places = {s["location"] for s in json.loads(r.output)["files"][0]["sites"]}
+    assert "add3+0x0" in places and not any(": " in x for x in places)
+    r = runner.invoke(app, ["rewrite", "--dry-run", "--json", str(p)])
+    assert r.exit_code == 0, r.output
+    edits = json.loads(r.output)["files"][0]["edits"]
+    assert {e["location"] for e in edits} >= {"add3+0x0"}

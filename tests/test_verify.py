@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,7 +354,7 @@ def test_bad_site_fixture_fails_without_crashing() -> None:
 def test_importing_the_verifier_loads_no_emulator() -> None:
     code = ("import sys, ftpatch.verify, ftpatch.rewrite, ftpatch.cli; "
             "print(sorted(m for m in ('unicorn', 'keystone', 'capstone') if m in sys.modules))")
-    out = subprocess.run(["python3", "-c", code], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"
 

@@ -54,3 +54,30 @@ def test_sites_limits_the_emulation(tmp_path: Path) -> None:
     run = ftpatch("verify", "--sites", "2", rewritten(tmp_path, "obj/gcc-bti.o"))
     assert run.returncode == 0
     assert "2 emulated, 12 interleavings" in run.stdout
+
+
+def test_trampoline_on_a_relocatable_object_is_said_unchecked(tmp_path: Path) -> None:
+    """Issue 15, point 4: --trampoline on a .o was ignored without a word."""
+    obj = rewritten(tmp_path, "obj/gcc-bti.o")
+    for spec in ("0x400000", "ftrace_caller"):
+        r = ftpatch("verify", "--trampoline", spec, obj)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"--trampoline {spec}: a relocatable object has no addresses" in r.stdout
+        assert "BL reach (+-128 MiB) was not checked" in r.stdout
+    r = ftpatch("verify", obj)
+    assert "--trampoline" not in r.stdout
+
+
+def test_vacuous_emulation_is_a_finding() -> None:
+    """Issue 15, point 1: single-slot on a pristine 4,2 object patches a prefix
+    NOP no caller runs; the emulation from the entry never fetches it, which
+    proves nothing and must say so (it read as '0 of 3 interleavings failing')."""
+    r = ftpatch("verify", "--json", fixture_path("obj/gcc-prefix42.o"))
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)["files"][0]
+    vacuous = [f for f in doc["findings"] if "proves nothing" in f["message"]]
+    assert len(vacuous) == 8 and all(f["check"] == "emulation" for f in vacuous), vacuous
+    assert all(f["message"].startswith("enable, disable, retarget:") for f in vacuous)
+    # A plain object's record is on its entry, which every path fetches: no such finding.
+    plain = ftpatch("verify", "--json", fixture_path("obj/gcc-plain-O2.o"))
+    assert "proves nothing" not in plain.stdout

@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 import struct
+import sys
+from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from ftpatch.errors import MalformedElfError, NotElfError
 from ftpatch.model import Location
@@ -65,9 +68,14 @@ def _printable(raw: bytes) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-@dataclass(frozen=True)
-class Section:
-    index: int
+# NamedTuples, not frozen dataclasses, as in model.py: a symbol table holds
+# thousands of entries, and defining these four as frozen dataclasses cost
+# 3 ms of every start-up (this module's import: 4.9 ms -> 1.9 ms;
+# benchmarks/bench_rewrite.py --startup).
+class Section(NamedTuple):
+    """One section header (Elf64_Shdr), with its index and name."""
+
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as in model.Record
     name: str
     sh_type: int
     sh_flags: int
@@ -84,8 +92,9 @@ class Section:
         return self.sh_type == SHT_PROGBITS and bool(self.sh_flags & SHF_EXECINSTR)
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
+    """One program header (Elf64_Phdr)."""
+
     p_type: int
     p_flags: int
     p_offset: int
@@ -94,9 +103,10 @@ class Segment:
     p_memsz: int
 
 
-@dataclass(frozen=True)
-class Symbol:
-    index: int
+class Symbol(NamedTuple):
+    """One symbol table entry (Elf64_Sym), with its index and name."""
+
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as in model.Record
     name: str
     st_value: int
     st_size: int
@@ -105,8 +115,9 @@ class Symbol:
     st_shndx: int  # with SHN_XINDEX already resolved through SHT_SYMTAB_SHNDX
 
 
-@dataclass(frozen=True)
-class Rela:
+class Rela(NamedTuple):
+    """One RELA entry (Elf64_Rela), r_info split into r_sym and r_type."""
+
     file_offset: int  # of this entry; r_addend is at file_offset + 16
     r_offset: int
     r_sym: int
@@ -375,42 +386,70 @@ class ElfFile:
         return value
 
     @cached_property
-    def code_symbols(self) -> dict[int, list[tuple[int, int, int]]]:
-        """Per section index: sorted (st_value, rank, symbol index) of function entries.
+    def function_entries(self) -> dict[int, tuple[list[int], list[int]]]:
+        """Per section index: the sorted ``st_value`` of its function entries,
+        and the symbol index naming each.
 
         A function entry is where callers enter: a typed (STT_FUNC), sized
-        (st_size > 0) symbol defined in a section.  Linker-script markers
-        (``_stext``, ``_sinittext``, ``__*_text_start``: STT_NOTYPE, size 0)
-        and absolute symbols share addresses with functions and prefix NOPs
-        but are never entries (issue 12: taking ``_stext`` for the entry put
-        the MOV of a CALL_OPS site into its ops literal).  Where a site has
-        no such symbol, ``scan`` judges it by its words.  ``rank`` orders
-        aliases at one address: a global name is the best name for a place.
+        (st_size > 0) symbol defined in a section, on the 4-byte grid.
+        Linker-script markers (``_stext``, ``_sinittext``,
+        ``__*_text_start``: STT_NOTYPE, size 0) and absolute symbols share
+        addresses with functions and prefix NOPs but are never entries
+        (issue 12: taking ``_stext`` for the entry put the MOV of a CALL_OPS
+        site into its ops literal).  Mapping symbols (``$x``: AAELF64 5.5.4)
+        are left out.  Of several symbols at one address, a global one names
+        it.  Read as array columns: a vmlinux.o has tens of thousands.
         """
-        by_section: dict[int, list[tuple[int, int, int]]] = {}
-        strtab_off = strtab_size = 0
         tab = self.symtab
-        if tab is not None:
-            strtab = self.section(tab.sh_link, "symtab sh_link")
-            strtab_off, strtab_size = strtab.sh_offset, strtab.sh_size
-            self.check_range(strtab_off, strtab_size, "symbol string table")
+        if tab is None:
+            return {}
+        if tab.sh_entsize != SYM_SIZE:
+            raise MalformedElfError(self.where(tab.name), f"sh_entsize {tab.sh_entsize} is not 24")
+        strtab = self.section(tab.sh_link, "symtab sh_link")
+        strtab_off, strtab_size = strtab.sh_offset, strtab.sh_size
+        self.check_range(strtab_off, strtab_size, "symbol string table")
+        columns = array("Q")
+        with self.section_bytes(tab) as view:
+            columns.frombytes(view[: len(view) // SYM_SIZE * SYM_SIZE])
+        if self.big_endian != (sys.byteorder == "big"):
+            columns.byteswap()
+        # Word 0 packs st_name, st_info, st_other, st_shndx in file order.
+        if self.big_endian:
+            name_shift, info_shift, shndx_shift = 32, 24, 0
+        else:
+            name_shift, info_shift, shndx_shift = 0, 32, 48
+        head, values, sizes = columns[0::3], columns[1::3], columns[2::3]
         data = self.data
-        for index, (st_name, st_info, _o, st_shndx, st_value, st_size) in enumerate(
-            self._raw_symbols
-        ):
-            if st_info & 0xF != STT_FUNC or st_size == 0 or st_name == 0 or st_name >= strtab_size:
+        found: dict[int, list[tuple[int, int, int]]] = {}
+        for index in [
+            i
+            for i, (w, size) in enumerate(zip(head, sizes, strict=True))
+            if size and (w >> info_shift) & 0xF == STT_FUNC
+        ]:
+            w, value = head[index], values[index]
+            st_name = (w >> name_shift) & 0xFFFFFFFF
+            if value & 3 or st_name == 0 or st_name >= strtab_size:
                 continue
             if data[strtab_off + st_name] == 0x24:  # "$": mapping symbol
                 continue
+            st_shndx = (w >> shndx_shift) & 0xFFFF
             if st_shndx == SHN_XINDEX:
                 st_shndx = self.symbol(index).st_shndx
             elif st_shndx == SHN_UNDEF or st_shndx >= SHN_LORESERVE:
                 continue
-            rank = 0 if st_info >> 4 != STB_LOCAL else 1
-            by_section.setdefault(st_shndx, []).append((st_value, rank, index))
-        for entries in by_section.values():
+            local = (w >> info_shift) >> 4 & 0xF == STB_LOCAL
+            found.setdefault(st_shndx, []).append((value, local, index))
+        out: dict[int, tuple[list[int], list[int]]] = {}
+        for shndx, entries in found.items():
             entries.sort()
-        return by_section
+            starts: list[int] = []
+            symbols: list[int] = []
+            for value, _local, index in entries:
+                if not starts or starts[-1] != value:  # the first (global) names it
+                    starts.append(value)
+                    symbols.append(index)
+            out[shndx] = (starts, symbols)
+        return out
 
     # -- relocations -----------------------------------------------------
 
@@ -456,12 +495,54 @@ class ElfFile:
         return None
 
 
-def open_elf(path: str) -> ElfFile:
-    """Map ``path`` read-only and parse it.  The caller closes it (``close``)."""
+_NOT_REGULAR = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _require_regular(name: str, st_mode: int) -> None:
+    if stat.S_ISREG(st_mode):
+        return
+    if stat.S_ISDIR(st_mode):
+        raise NotElfError(Location(name), "is a directory")
+    kind = _NOT_REGULAR.get(stat.S_IFMT(st_mode), "of an unknown type")
+    raise NotElfError(Location(name), f"not a regular file ({kind})")
+
+
+def open_regular(path: str, name: str | None = None) -> int:
+    """Open ``path`` read-only; refuse at once anything but a regular file.
+
+    readelf's habit ("is not an ordinary file"): opening a FIFO waits for a
+    writer and reading it waits for data, forever in a build; a device would
+    be read as if it were an object.  The stat refuses before anything is
+    opened; O_NONBLOCK and the fstat cover a name replaced in between.
+    ``name`` is the file as the user typed it, for messages.
+    """
+    shown = path if name is None else name
     try:
-        fd = os.open(path, os.O_RDONLY)
+        _require_regular(shown, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise NotElfError(Location(path), f"cannot open: {exc.strerror}") from None
+        raise NotElfError(Location(shown), f"cannot open: {exc.strerror}") from None
+    try:
+        _require_regular(shown, os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_elf(path: str, name: str | None = None) -> ElfFile:
+    """Map ``path`` read-only and parse it.  The caller closes it (``close``).
+
+    ``name`` is how messages name the file (default ``path``): the path as the
+    user typed it when ``path`` is a symlink's resolved target.
+    """
+    shown = path if name is None else name
+    fd = open_regular(path, shown)
     try:
         size = os.fstat(fd).st_size
         data: mmap.mmap | bytes
@@ -470,11 +551,11 @@ def open_elf(path: str) -> ElfFile:
         else:
             data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
-        raise NotElfError(Location(path), f"cannot read: {exc}") from None
+        raise NotElfError(Location(shown), f"cannot read: {exc}") from None
     finally:
         os.close(fd)
     try:
-        return ElfFile(path, data)
+        return ElfFile(shown, data)
     except BaseException:
         if isinstance(data, mmap.mmap):
             data.close()
@@ -482,9 +563,9 @@ def open_elf(path: str) -> ElfFile:
 
 
 @contextlib.contextmanager
-def mapped_elf(path: str) -> Iterator[ElfFile]:
+def mapped_elf(path: str, name: str | None = None) -> Iterator[ElfFile]:
     """``open_elf`` for one block: the map is closed on the way out."""
-    elf = open_elf(path)
+    elf = open_elf(path, name)
     try:
         yield elf
     finally:

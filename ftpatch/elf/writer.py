@@ -18,24 +18,24 @@ import tempfile
 from array import array
 from collections.abc import Iterator, Sequence
 
+from ftpatch.elf.reader import open_regular
 from ftpatch.errors import FtpatchError, WriteError
 from ftpatch.model import Location, Plan
 
 
 @contextlib.contextmanager
-def locked(path: str) -> Iterator[int]:
+def locked(path: str, name: str | None = None) -> Iterator[int]:
     """Hold an exclusive ``flock`` on ``path`` (the file, not a lock file).
 
     Writers replace the file by rename, so a waiter may wake up holding the
     lock of an inode that is no longer ``path``: it then retries on the new
     one.  This serialises concurrent ``ftpatch rewrite`` runs on one file
-    (a parallel make mishap) so that no record is moved twice.
+    (a parallel make mishap) so that no record is moved twice.  ``name`` is
+    the file as the user typed it, for messages; anything but a regular file
+    is refused before it is opened (elf/reader.py: open_regular).
     """
     while True:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise FtpatchError(Location(path), f"cannot open: {exc.strerror}") from None
+        fd = open_regular(path, name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -112,7 +112,15 @@ def _create_temp(dest: str, in_place: bool) -> tuple[int, str]:
     return os.open(path, flags, 0o600), path
 
 
-def write_plan(plan: Plan, source: str, data: bytes | memoryview | object, dest: str) -> None:
+def write_plan(
+    plan: Plan,
+    source: str,
+    data: bytes | memoryview | object,
+    dest: str,
+    *,
+    source_name: str | None = None,
+    dest_name: str | None = None,
+) -> None:
     """Write ``source`` with ``plan`` applied to ``dest`` (may equal ``source``).
 
     ``data`` is the content the plan was made from; each edit's expected bytes
@@ -127,7 +135,7 @@ def write_plan(plan: Plan, source: str, data: bytes | memoryview | object, dest:
         # alive: the caller then closes the mmap, which raises BufferError
         # (an "internal error" in place of the real one) while views exist.
         view.release()
-    write_regions(source, dest, regions)
+    write_regions(source, dest, regions, source_name=source_name, dest_name=dest_name)
 
 
 # Edits closer than this share one region: one pwrite() instead of many.
@@ -163,14 +171,25 @@ def _regions(plan: Plan, view: memoryview) -> list[tuple[int, bytes]]:
     return regions
 
 
-def write_regions(source: str, dest: str, regions: Sequence[tuple[int, Buffer]]) -> None:
+def write_regions(
+    source: str,
+    dest: str,
+    regions: Sequence[tuple[int, Buffer]],
+    *,
+    source_name: str | None = None,
+    dest_name: str | None = None,
+) -> None:
     """Write ``source`` to ``dest`` (may equal ``source``) with ``regions`` replaced.
 
     ``regions`` are (file offset, new bytes), sorted and not overlapping,
     each as long as the bytes it replaces.  The file is copied by the kernel
     (``copy_file_range``) and the regions written over the copy, so memory
-    stays in proportion to what changes, not to the file.
+    stays in proportion to what changes, not to the file.  Messages name the
+    files ``source_name`` and ``dest_name`` (as the user typed them; default
+    the paths).
     """
+    source_loc = Location(source if source_name is None else source_name)
+    dest_loc = Location(dest if dest_name is None else dest_name)
     if dest != source and os.path.islink(dest):
         # -o LINK writes the link's target and keeps the link, as ld does
         # and as an in-place rewrite of a link does.
@@ -179,7 +198,7 @@ def write_regions(source: str, dest: str, regions: Sequence[tuple[int, Buffer]])
     try:
         src_fd = os.open(source, os.O_RDONLY)
     except OSError as exc:
-        raise WriteError(Location(source), f"cannot open: {exc.strerror}") from None
+        raise WriteError(source_loc, f"cannot open: {exc.strerror}") from None
     tmp_path: str | None = None
     try:
         st = os.fstat(src_fd)
@@ -188,7 +207,7 @@ def write_regions(source: str, dest: str, regions: Sequence[tuple[int, Buffer]])
             size = memoryview(content).nbytes
             if file_offset < end or file_offset + size > st.st_size:
                 raise WriteError(
-                    Location(source), f"region at file offset {file_offset:#x} out of place"
+                    source_loc, f"region at file offset {file_offset:#x} out of place"
                 )
             end = file_offset + size
         mode = stat.S_IMODE(st.st_mode)
@@ -218,7 +237,7 @@ def write_regions(source: str, dest: str, regions: Sequence[tuple[int, Buffer]])
             os.close(dir_fd)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise WriteError(Location(dest), f"cannot write: {reason}; input left unchanged") from None
+        raise WriteError(dest_loc, f"cannot write: {reason}; input left unchanged") from None
     finally:
         os.close(src_fd)
         if tmp_path is not None:

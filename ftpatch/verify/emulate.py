@@ -18,12 +18,24 @@ unchanged, and that a trampoline ran at most once and saw X9 = the caller's
 return address.  A violating interleaving is re-run with a per-instruction
 trace so that it can be printed step by step.
 
+Sharing (issue 15): running unicorn costs far more than judging a result, and
+most entries of a file are the same few words.  ``explore`` records what a run
+fetched (UC_HOOK_CODE over everything) and read (UC_HOOK_MEM_READ), and a later
+case reuses the result only when every recorded byte, at the same distance
+from its own start, is the same, along with its stores, its entry and its
+length.  Reuse across places is exact only for code whose effect moves with
+it, so a result is shared only when every word the runs fetched is
+``placement_free`` and every branch stays inside the entry words or calls a
+trampoline; anything else (a fault outside the case, a load, ADR, a branch
+elsewhere) keeps its emulation to itself.  See ``_share_key`` and ``_shareable``.
+
 unicorn, keystone and capstone are imported inside the functions that use
 them: nothing on the rewrite path imports this module's dependencies.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +61,47 @@ CALLER_LR = 0xC0DE_0000_0000_0030  # LR of the caller stub itself (never returne
 
 def _sentinel(reg: int) -> int:
     return 0x5A5A_0000_0000_0000 | (reg << 8)
+
+
+# Emulation results an engine keeps for reuse; past this it stops adding
+# (a file of all-different entries then costs what it cost before sharing).
+MAX_SHARED = 4096
+
+_HINTS = frozenset(
+    {
+        0xD503201F,  # nop
+        0xD503241F,  # bti
+        0xD503245F,  # bti c
+        0xD503249F,  # bti j
+        0xD50324DF,  # bti jc
+    }
+)
+_MOV_X_MASK, _MOV_X = 0xFFE0FFE0, 0xAA0003E0  # mov xd, xm (orr xd, xzr, xm)
+_BR_MASK = 0xFFFFFC1F
+_BR_WORDS = frozenset({0xD61F0000, 0xD63F0000, 0xD65F0000})  # br, blr, ret xn
+
+
+def placement_free(word: int) -> bool:
+    """Whether ``word`` does the same wherever the code sits, up to moving it.
+
+    The judge compares addresses (the caller's return address) with what the
+    registers hold at the end; a result may move with the code only when
+    every value is either an initial register value or an address that moved
+    with it.  So: hints that only mark landing pads (NOP, BTI; not PACIASP,
+    whose MAC covers X30), register moves, B/BL with an immediate (target and
+    link value move with the code; ``_shareable`` checks where they lead) and
+    BR/BLR/RET.  Not ADR/ADRP, not arithmetic, not MOVZ nor loads: a constant
+    or a loaded word could equal the return address at one place and not at
+    another.  The initial values never can: the return address is +4 into
+    the caller stub's page, and sentinels end in 00, X9 in 09, the stub's LR
+    in 30 (``_share_key`` also keeps cases away from the addresses they name).
+    """
+    return (
+        word in _HINTS
+        or word & _MOV_X_MASK == _MOV_X
+        or word & arm64.BRANCH_MASK in (arm64.B_OPCODE, arm64.BL_OPCODE)
+        or word & _BR_MASK in _BR_WORDS
+    )
 
 
 # The kernel's contract, entry-ftrace.S reduced to what the check needs: the
@@ -91,7 +144,7 @@ def assemble(source: str) -> tuple[int, ...]:
     return tuple(arm64.read_word(code, i) for i in range(0, len(code), 4))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Store:
     """One word the runtime patcher writes: ``old`` -> ``new`` at ``address``."""
 
@@ -100,7 +153,7 @@ class Store:
     new: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Case:
     """One transition of one function entry, as the engine sees it.
 
@@ -117,6 +170,14 @@ class Case:
     stores: tuple[Store, ...]
     trampolines: tuple[int, ...]
     name: str = ""  # transition name, for the report: enable, disable, retarget
+    # The patcher stores in the order of ``stores`` and completes each
+    # store's cache maintenance (DC CVAU, DSB ISH, IC IVAU, DSB ISH, as the
+    # kernel's aarch64_insn_patch_text_nosync does per word) before the next.
+    # Then a fetch that saw store k's new word orders every later fetch of
+    # an earlier store's word after that store: it sees the new word too.
+    # Without it, each fetch of a changed word may see old or new (the
+    # superset herd7's ifetch model allows with no maintenance at all).
+    ordered: bool = False
 
     @property
     def body(self) -> int:
@@ -169,7 +230,21 @@ class Counterexample:
         return self.caller + 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Emulation:
+    """The emulation that covered a case: which run, and whose case ran it.
+
+    ``origin`` is what the caller of ``explore`` passed for the case that
+    ran it (``verify_file`` passes the file and the site index); ``reused``
+    says this case took that result instead of running.
+    """
+
+    id: int  # per engine, in the order emulations ran
+    origin: tuple[str, int] | None
+    reused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Exploration:
     """Result of exploring every interleaving of one Case."""
 
@@ -181,6 +256,7 @@ class Exploration:
     # Whether any run fetched a word the patcher changes: one that never did
     # ran only unchanged code and proves nothing about the transition.
     fetched_changed: bool = True
+    emulation: Emulation | None = None
 
     @property
     def ok(self) -> bool:
@@ -195,6 +271,53 @@ class _Run:
     pending: tuple[int, bool] | None = None  # (address, new?) of a fetch being restarted
     resume: int | None = None
     steps: list[Step] | None = None
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """One emulation's result, kept for cases whose recorded bytes match."""
+
+    emulation: Emulation
+    interleavings: int
+    failing: int
+    schedules: tuple[tuple[bool, ...], ...]  # the first failing ones, to re-run traced
+    truncated: bool
+    fetched_changed: bool
+
+
+# What a case must match before its bytes are compared: length, entry, stores
+# (relative to its start, BL words to a trampoline as -1 - its index), the
+# patcher's ordering, the number of trampolines and the engine's limits.
+_Key = tuple[int, int, tuple[tuple[int, int, int], ...], bool, int, int, int, int]
+
+
+_DATA_END = LOG_BASE + LOG_SIZE  # the emulator's stack and log end here
+# 4 GiB windows around the initial register values: a case there could hold
+# an address equal to one of them (placement_free), so it does not share.
+_MAGIC_WINDOWS = frozenset(
+    (value >> 32) + d
+    for value in (_sentinel(0), GARBAGE_X9, CALLER_LR)
+    for d in (-1, 0, 1)
+)
+
+
+def _bl_target(address: int, word: int) -> int:
+    """``arm64.bl_target``, inlined for the per-case key."""
+    imm26 = word & 0x3FFFFFF
+    return address + 4 * (imm26 - 0x4000000 if imm26 & 0x2000000 else imm26)
+
+
+class _Picker:
+    """The words at ``indexes``, as one hashable value (itemgetter, any length)."""
+
+    __slots__ = ("_get", "indexes")
+
+    def __init__(self, indexes: tuple[int, ...]) -> None:
+        self.indexes = indexes
+        self._get: Any = operator.itemgetter(*indexes) if indexes else None
+
+    def __call__(self, words: tuple[int, ...]) -> Any:
+        return self._get(words) if self._get is not None else ()
 
 
 _CALLEE_SAVED = tuple(range(19, 29))  # x19..x28; x29 (FP) checked with them
@@ -235,8 +358,21 @@ class Engine:
         self._run: _Run | None = None
         self._stores_at: dict[int, int] = {}
         self._memory: dict[int, int] = {}  # changed word address -> word now in memory
-        self.cases = 0
-        self.runs = 0
+        # The contract trampoline's one address-dependent instruction, ADR,
+        # only fills the log's third field, which no check reads; any other
+        # trampoline must pass ``placement_free`` word by word to be shared.
+        self._tramp_trusted = trampoline == CONTRACT_TRAMPOLINE
+        # key -> [(the recorded words' picker, {their values: result})]
+        self._shared: dict[_Key, list[tuple[_Picker, dict[Any, _Shared]]]] = {}
+        self._tramp_span = len(self._tramp_bytes)
+        self._shared_count = 0
+        self._fetched: set[int] = set()
+        self._reads: list[tuple[int, int]] = []
+        self.cases = 0  # explore() calls
+        self.runs = 0  # emulator runs (interleavings explored, traces re-run)
+        self.emulations = 0  # explorations that ran (the rest reused one)
+        self.reused = 0
+        self.retrace_mismatches = 0  # a reused result its own trace did not confirm
 
     @property
     def trampoline_words(self) -> tuple[int, ...]:
@@ -314,6 +450,8 @@ class Engine:
             else:
                 d = len(run.taken)
                 new = run.schedule[d] if d < len(run.schedule) else False
+                if not new and case.ordered and any(k > index and n for k, n in run.taken):
+                    new = True  # a later store was seen: this one is complete
                 run.taken.append((index, new))
                 store = case.stores[index]
                 want = store.new if new else store.old
@@ -481,15 +619,220 @@ class Engine:
             self._log(),
         )
 
-    def explore(self, case: Case, *, trace: bool = True) -> Exploration:
+    def explore(
+        self, case: Case, *, trace: bool = True, origin: tuple[str, int] | None = None
+    ) -> Exploration:
         """Every interleaving of ``case``: each changed-word fetch old or new.
 
         With ``trace`` the first violating interleavings are re-run with a
-        per-instruction trace (``Exploration.counterexamples``).
+        per-instruction trace (``Exploration.counterexamples``), always on
+        ``case`` itself, at its own addresses.  A case whose recorded bytes
+        match an earlier emulation's takes its result (``emulation.reused``).
         """
-        from unicorn import UC_HOOK_CODE
-
         self.cases += 1
+        keep = self.max_counterexamples if trace else 0
+        shape = self._share_key(case)
+        if shape is not None:
+            key, words = shape
+            hit = self._lookup(key, words)
+            if hit is not None:
+                examples = tuple(self.run_one(case, f) for f in hit.schedules[:keep])
+                if all(x.violations for x in examples):
+                    self.reused += 1
+                    return Exploration(
+                        case,
+                        hit.interleavings,
+                        hit.failing,
+                        examples,
+                        hit.truncated,
+                        hit.fetched_changed,
+                        hit.emulation,
+                    )
+                self.retrace_mismatches += 1  # never seen; run it as if new
+        self.emulations += 1
+        emulation = Emulation(self.emulations, origin)
+        count, failing, truncated, fetched_changed, caller = self._explore_all(
+            case, record=shape is not None
+        )
+        if shape is not None and self._shared_count < MAX_SHARED:
+            indexes = self._shareable(case, caller)
+            if indexes is not None:
+                key, words = shape
+                self._keep(
+                    key,
+                    words,
+                    indexes,
+                    _Shared(
+                        Emulation(emulation.id, origin, True),
+                        count,
+                        len(failing),
+                        tuple(failing[: self.max_counterexamples]),
+                        truncated,
+                        fetched_changed,
+                    ),
+                )
+        examples = tuple(self.run_one(case, f) for f in failing[:keep])
+        return Exploration(
+            case, count, len(failing), examples, truncated, fetched_changed, emulation
+        )
+
+    # -- sharing -------------------------------------------------------------
+
+    def _share_key(self, case: Case) -> tuple[_Key, tuple[int, ...]] | None:
+        """The key and the words to compare, or None when the case may not share.
+
+        Its own layout must mean what the key says: trampolines intact (not
+        overlapping the entry words or the stores) and nothing where the
+        emulator keeps its data (that case fails loudly when it runs).
+        This runs once per case, shared or not: it is kept lean.
+        """
+        start = case.start
+        words = case.words
+        end = start + 4 * len(words) + 4  # the body word is mapped too
+        tramps = case.trampolines
+        span = self._tramp_span
+        stores = case.stores
+        if (end > STACK_BASE and start < _DATA_END) or start >> 32 in _MAGIC_WINDOWS:
+            return None
+        for t in tramps:
+            if (t < end and start < t + span) or (t + span > STACK_BASE and t < _DATA_END):
+                return None
+            if t >> 32 in _MAGIC_WINDOWS:
+                return None
+            for st in stores:
+                if t < st.address + 4 and st.address < t + span:
+                    return None
+        tokens: list[int] | None = None
+        for i, w in enumerate(words):
+            if w & 0xFC000000 == 0x94000000:  # bl: a call to a trampoline is named by index
+                target = _bl_target(start + 4 * i, w)
+                if target in tramps:
+                    if tokens is None:
+                        tokens = list(words)
+                    tokens[i] = -1 - tramps.index(target)
+        if tokens is not None:
+            words = tuple(tokens)
+        relative = []
+        for st in stores:
+            a = st.address
+            if a + 4 > STACK_BASE and a < _DATA_END:
+                return None
+            old, new = st.old, st.new
+            if old & 0xFC000000 == 0x94000000 and _bl_target(a, old) in tramps:
+                old = -1 - tramps.index(_bl_target(a, old))
+            if new & 0xFC000000 == 0x94000000 and _bl_target(a, new) in tramps:
+                new = -1 - tramps.index(_bl_target(a, new))
+            relative.append((a - start, old, new))
+        key: _Key = (
+            len(words),
+            case.entry - start,
+            tuple(relative),
+            case.ordered,
+            len(tramps),
+            self.max_steps,
+            self.max_interleavings,
+            self.max_counterexamples,
+        )
+        return key, words
+
+    def _lookup(self, key: _Key, words: tuple[int, ...]) -> _Shared | None:
+        for pick, table in self._shared.get(key, ()):
+            hit = table.get(pick(words))
+            if hit is not None:
+                return hit
+        return None
+
+    def _keep(
+        self, key: _Key, words: tuple[int, ...], indexes: tuple[int, ...], result: _Shared
+    ) -> None:
+        tables = self._shared.setdefault(key, [])
+        found = next(((p, t) for p, t in tables if p.indexes == indexes), None)
+        if found is None:
+            found = (_Picker(indexes), {})
+            tables.append(found)
+        pick, table = found
+        table[pick(words)] = result
+        self._shared_count += 1
+
+    def _shareable(self, case: Case, caller: int) -> tuple[int, ...] | None:
+        """The entry words the runs fetched or read, or None when the result
+        depends on something the key does not hold: a word that is not
+        ``placement_free``, a branch leaving the entry words other than to a
+        trampoline, a fetch or read of anything but the entry words, the
+        stores, the trampolines, the caller stub and the emulator's data."""
+        start, body = case.start, case.body
+        tramps = case.trampolines
+        span = len(self._tramp_bytes)
+        stores = {s.address: s for s in case.stores}
+
+        def free(word: int, address: int, low: int, high: int, *, calls: bool = True) -> bool:
+            """Placement-free, its branch landing in [low, high] or, with
+            ``calls``, a BL to a trampoline (the key names which)."""
+            if not placement_free(word):
+                return False
+            if word & arm64.BRANCH_MASK in (arm64.B_OPCODE, arm64.BL_OPCODE):
+                target = arm64.bl_target(address, word)  # same imm26 for B
+                if calls and word & arm64.BRANCH_MASK == arm64.BL_OPCODE and target in tramps:
+                    return True
+                return low <= target <= high
+            return True
+
+        indexes: set[int] = set()
+        for address in self._fetched:
+            if address == caller:
+                continue  # the stub's BL entry: the key holds the entry
+            tramp = next((t for t in tramps if t <= address < t + span), None)
+            if tramp is not None:
+                offset = address - tramp
+                # Its words are the same everywhere, so a BL in it reaches the
+                # other trampoline only as far as this layout puts it: stay inside.
+                if not self._tramp_trusted and (
+                    offset % 4
+                    or not free(
+                        self._tramp[offset // 4], address, tramp, tramp + span - 4, calls=False
+                    )
+                ):
+                    return None
+                continue
+            if address % 4:
+                return None
+            store = stores.get(address)
+            if store is not None:
+                if not (
+                    free(store.old, address, start, body) and free(store.new, address, start, body)
+                ):
+                    return None
+            elif not start <= address < body:
+                return None
+            elif not free(case.words[(address - start) // 4], address, start, body):
+                return None
+            if start <= address < body:
+                indexes.add((address - start) // 4)
+        for address, size in self._reads:
+            if LOG_BASE <= address and address + size <= LOG_BASE + 8:
+                continue  # the log's count, which every run starts at zero
+            if not (start <= address and address + size <= body):
+                return None
+            # No placement_free word loads, so today this is not reached;
+            # were one allowed, the words it read would count like fetched ones.
+            indexes.update(range((address - start) // 4, (address + size - 1 - start) // 4 + 1))
+        return tuple(sorted(indexes))
+
+    def _record_fetch(self, _uc: Any, address: int, _size: int, _data: Any) -> None:
+        self._fetched.add(address)
+
+    def _record_read(
+        self, _uc: Any, _access: int, address: int, size: int, _value: int, _data: Any
+    ) -> None:
+        self._reads.append((address, size))
+
+    def _explore_all(
+        self, case: Case, *, record: bool
+    ) -> tuple[int, list[tuple[bool, ...]], bool, bool, int]:
+        """Run every interleaving; with ``record``, note what the runs fetched
+        and read (``_fetched``, ``_reads``, and where each run stopped)."""
+        from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ
+
         self._case = case
         self._stores_at = {s.address: i for i, s in enumerate(case.stores)}
         caller = self.caller_for(case)
@@ -498,11 +841,16 @@ class Engine:
         count = 0
         truncated = False
         fetched_changed = False
-        handle = None
+        handles = []
         if case.stores:
             lo = min(s.address for s in case.stores)
             hi = max(s.address for s in case.stores) + 3
-            handle = self._uc.hook_add(UC_HOOK_CODE, self._hook, None, lo, hi)
+            handles.append(self._uc.hook_add(UC_HOOK_CODE, self._hook, None, lo, hi))
+        self._fetched = set()
+        self._reads = []
+        if record:
+            handles.append(self._uc.hook_add(UC_HOOK_CODE, self._record_fetch, None, 1, 0))
+            handles.append(self._uc.hook_add(UC_HOOK_MEM_READ, self._record_read, None, 1, 0))
         try:
             # (schedule, store index of each scheduled fetch, as the run that
             # found the choice saw them)
@@ -519,6 +867,8 @@ class Engine:
                 run = _Run(schedule)
                 self._reset(case, caller, preset)
                 pc, fault = self._execute(case, caller, run)
+                if pc != case.body:
+                    self._fetched.add(pc)  # where it faulted or ran out of steps
                 count += 1
                 taken = tuple(new for _i, new in run.taken)
                 fetched = tuple(i for i, _new in run.taken)
@@ -529,8 +879,6 @@ class Engine:
                     if not taken[d]:
                         pending.append(((*taken[:d], True), fetched[: d + 1]))
         finally:
-            if handle is not None:
+            for handle in handles:
                 self._uc.hook_del(handle)
-        keep = self.max_counterexamples if trace else 0
-        examples = tuple(self.run_one(case, f) for f in failing[:keep])
-        return Exploration(case, count, len(failing), examples, truncated, fetched_changed)
+        return count, failing, truncated, fetched_changed, caller

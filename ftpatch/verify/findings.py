@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from ftpatch.model import Location, Site
-from ftpatch.verify.emulate import Counterexample, Store
+from ftpatch.verify.emulate import Counterexample, Emulation, Store
 
 
 class Scheme(enum.Enum):
@@ -40,12 +40,13 @@ CHECK_CMODX_WORDS = "cmodx-words"  # a transition changes more than one aligned 
 CHECK_CMODX_PAIR = "cmodx-pair"  # a transition outside the permitted set
 CHECK_RANGE = "range"  # BL from the slot cannot reach the trampoline
 CHECK_EMULATION = "emulation"
+CHECK_BRANCH = "branch-into-site"  # a resolved branch enters a site past its entry
 CHECK_ENTRY_PATH = "entry-path"  # the patched word is not where callers' path puts the slot
 CHECK_SKIPPED = "skipped"  # a zero record, skipped as the kernel does (notes)
 CHECK_COVERAGE = "coverage"  # something was not checked (notes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
     check: str
     location: Location
@@ -77,7 +78,7 @@ class Trampoline:
         return self.name or "unknown"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TransitionResult:
     """One runtime transition of one site and what its emulation explored."""
 
@@ -86,9 +87,12 @@ class TransitionResult:
     interleavings: int = 0
     failing: int = 0
     truncated: bool = False
+    # The emulation that covered it: its own run, or one whose recorded bytes
+    # this transition matches (emulate.py, "Sharing").
+    emulation: Emulation | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SiteResult:
     index: int
     site: Site
@@ -137,6 +141,16 @@ class VerifyReport:
     @property
     def emulated(self) -> int:
         return sum(1 for s in self.sites if s.emulated)
+
+    @property
+    def emulations(self) -> int:
+        """Emulations run for this file; the other emulated transitions reused one."""
+        return sum(
+            1
+            for s in self.sites
+            for t in s.transitions
+            if t.emulation is not None and not t.emulation.reused
+        )
 
     @property
     def failing_sites(self) -> int:

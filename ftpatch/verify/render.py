@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ftpatch import arm64
-from ftpatch.verify.emulate import Counterexample
+from ftpatch.verify.emulate import Counterexample, Emulation
 from ftpatch.verify.findings import Finding, SiteResult, VerifyReport
 
 
@@ -61,7 +61,13 @@ def trace_lines(report: VerifyReport, finding: Finding) -> list[str]:
     lines = [
         f"    counterexample, {case.name} ({report.scheme.value}): {ce.interleaving.describe(case)}"
     ]
-    lines.append("    the patcher's stores, in program order:")
+    if case.ordered:
+        lines.append(
+            "    the patcher's stores, in program order, each completed by DC CVAU; DSB ISH; "
+            "IC IVAU; DSB ISH before the next (as the kernel patches one word at a time):"
+        )
+    else:
+        lines.append("    the patcher's stores, in program order, with no maintenance between:")
     for k, s in enumerate(case.stores):
         lines.append(
             f"      [{k + 1}] {label(s.address)}: {arm64.describe(s.old)} -> "
@@ -86,8 +92,11 @@ def trace_lines(report: VerifyReport, finding: Finding) -> list[str]:
         n += 1
         fetch = step.version or ""
         note = ""
-        if step.store is not None and step.version == "old" and step.store in shown:
-            note = "  (stale fetch: nothing orders it after the store)"
+        if step.store is not None and step.version == "old":
+            if step.store in shown:  # (only without maintenance: the engine forbids it else)
+                note = "  (stale fetch: nothing orders it after the store)"
+            elif case.ordered:
+                note = "  (fetched before the store: no later store was seen yet)"
         text = step.text
         if arm64.is_bl(step.word) or arm64.is_b(step.word):
             text = f"{text.split()[0]} {label(arm64.bl_target(step.address, step.word))}"
@@ -246,6 +255,16 @@ def finding_dict(report: VerifyReport, f: Finding) -> dict[str, Any]:
     return out
 
 
+def _emulation_dict(e: Emulation | None) -> dict[str, Any] | None:
+    """Which emulation covered a transition: ``id`` (per verify command),
+    the ``file`` and ``site`` index whose transition ran it, and whether this
+    one ``reused`` it (its recorded bytes matched; emulate.py, "Sharing")."""
+    if e is None:
+        return None
+    file, site = e.origin if e.origin is not None else (None, None)
+    return {"id": e.id, "file": file, "site": site, "reused": e.reused}
+
+
 def report_dict(report: VerifyReport) -> dict[str, Any]:
     t = report.trampoline
     return {
@@ -261,6 +280,7 @@ def report_dict(report: VerifyReport) -> dict[str, Any]:
         "emulated": report.emulated,
         "interleavings": report.interleavings,
         "violations": report.violations,
+        "emulations": report.emulations,
         "seconds": round(report.seconds, 6),
         "findings": [finding_dict(report, f) for f in report.all_findings],
         "site_results": [
@@ -281,6 +301,7 @@ def report_dict(report: VerifyReport) -> dict[str, Any]:
                         "interleavings": t.interleavings,
                         "failing": t.failing,
                         "truncated": t.truncated,
+                        "emulation": _emulation_dict(t.emulation),
                         "stores": [
                             {"address": st.address, "old": f"{st.old:08x}", "new": f"{st.new:08x}"}
                             for st in t.stores

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from ftpatch import arm64
 from ftpatch.elf.reader import SHT_RELA, ElfFile, Section
 from ftpatch.elf.records import RECORDS_SECTION, reloc_name
-from ftpatch.model import Location, Site, State
+from ftpatch.model import Location, Problem, Site, State
 from ftpatch.scan import ScanResult
 from ftpatch.verify.emulate import Case, Store
 from ftpatch.verify.findings import (
+    CHECK_BRANCH,
     CHECK_CMODX_PAIR,
     CHECK_CMODX_WORDS,
     CHECK_ENTRY_PATH,
@@ -39,6 +40,16 @@ from ftpatch.verify.findings import (
     Scheme,
     Trampoline,
 )
+
+# The finding each of the classifier's reasons for an invalid site is.
+_PROBLEM_CHECKS = {
+    Problem.RECORD_ON_MOV: (CHECK_RECORD_ON_MOV,),
+    Problem.RECORD_BEFORE_ENTRY: (CHECK_RECORD,),
+    Problem.NO_MOV: (CHECK_MOV,),
+    Problem.NO_MOV_NOR_NOP: (CHECK_MOV, CHECK_SLOT_WORD),
+    Problem.SLOT_NOT_NOP: (CHECK_SLOT_WORD,),
+    Problem.OTHER: (CHECK_SCAN,),
+}
 
 # Relocatable objects have no addresses: the emulation places every code
 # section at this base (same page offsets, so alignment is what the file says).
@@ -103,10 +114,11 @@ class FileChecker:
         self.path = result.path
         self.scheme = scheme
         self.trampoline = trampoline
-        self.linked = result.kind != "relocatable"
+        self.linked = result.linked
         self._code = sorted((s for s in self.elf.sections if s.is_code), key=lambda s: s.sh_offset)
         self._code_starts = [s.sh_offset for s in self._code]
         self._applied: dict[int, dict[int, tuple[str, int]]] | None = None
+        self._branches: dict[int, list[tuple[Section, int, int]]] | None = None
         self._targets: dict[tuple[int, int], list[_Ref]] | None = None
         self._tramp_names: dict[int, str] = {}
         self.prefix_words = self._infer_prefix()
@@ -264,6 +276,88 @@ class FileChecker:
                         site=index,
                     )
 
+    # -- branches the assembler or linker resolved ------------------------------------
+
+    def _inner_words(self) -> dict[tuple[int, int], int]:
+        """(section index, offset) of every entry word past where callers enter
+        (the MOV after a BTI C, the BL slot), -> the index of its site."""
+        inner: dict[tuple[int, int], int] = {}
+        for i, site in enumerate(self.result.sites):
+            if site.slot_offset is None or site.slot_file_offset is None:
+                continue
+            sec = self.section_of(site.slot_file_offset)
+            if sec is None:
+                continue
+            entry = site.entry_offset
+            if entry is None:  # no symbol: where the words say callers enter
+                mov = site.slot_offset - 4
+                entry = mov - 4 if self.word(sec, mov - 4) in arm64.BTI_LANDING_PADS else mov
+            for o in range(entry + 4, site.slot_offset + 4, 4):
+                inner[(sec.index, o)] = i
+        return inner
+
+    def _index_branches(self) -> dict[int, list[tuple[Section, int, int]]]:
+        """Site index -> the immediate branches (section, offset, word) into
+        one of its inner words, found in the code itself: B, BL, B.cond,
+        CBZ/CBNZ, TBZ/TBNZ that no relocation rewrites (the assembler
+        resolved it, or the linker did in an image).  A branch to the entry
+        itself is an ordinary call."""
+        import re
+
+        if self._applied is None:
+            self._index_relocations()
+        assert self._applied is not None
+        inner = self._inner_words()
+        hits: dict[int, list[tuple[Section, int, int]]] = {}
+        if not inner:
+            return hits
+        wanted = {o for _s, o in inner} if not self.linked else None
+        by_address = {self.address(self.elf.sections[s], o): i for (s, o), i in inner.items()}
+        pattern = re.compile(b"[" + re.escape(arm64.BRANCH_TOP_BYTES) + b"]")
+        data = self.elf.data
+        for sec in self._code:
+            relocated = self._applied.get(-1 if self.linked else sec.index, {})
+            base = self.address(sec, 0) if self.linked else 0
+            start, end = sec.sh_offset, sec.sh_offset + sec.sh_size
+            for m in pattern.finditer(data, start + 3, end):
+                top = m.start()
+                if (top - start) & 3 != 3:
+                    continue  # not a word's top byte
+                offset = top - 3 - start
+                word = arm64.read_word(data, top - 3)
+                target = arm64.branch_target(offset, word)
+                if target is None:
+                    continue
+                if self.linked:
+                    site = by_address.get(base + target)
+                    if site is None or (base + offset) in relocated:
+                        continue
+                else:
+                    if wanted is not None and target not in wanted:
+                        continue
+                    site = inner.get((sec.index, target))
+                    if site is None or offset in relocated:
+                        continue
+                hits.setdefault(site, []).append((sec, offset, word))
+        return hits
+
+    def _branch_findings(self, site: Site, index: int, sec: Section) -> Iterator[Finding]:
+        if self._branches is None:
+            self._branches = self._index_branches()
+        for src, offset, word in self._branches.get(index, ()):
+            target = arm64.branch_target(self.address(src, offset), word)
+            assert target is not None
+            into = target - self.address(sec, 0)
+            what = "the BL slot" if into == site.slot_offset else "the mov x9, x30"
+            yield Finding(
+                CHECK_BRANCH,
+                self._locate(site, sec, into),
+                f"{arm64.describe(word)} at {src.name}+{offset:#x} branches to {what} of "
+                f"{site.function or 'this entry'}, past the entry callers must take: that "
+                "path runs without the mov x9, x30",
+                site=index,
+            )
+
     # -- one site ------------------------------------------------------------------
 
     def check_site(self, site: Site, index: int) -> SitePlan:
@@ -291,6 +385,7 @@ class FileChecker:
             patched, slot, mov = site.slot_offset, site.slot_offset, site.mov_offset
         findings.extend(self._alignment_findings(site, index, sec, f, patched))
         findings.extend(self._relocation_findings(site, index, sec, mov, slot))
+        findings.extend(self._branch_findings(site, index, sec))
 
         slot_address = self.address(sec, patched)
         known = self.trampoline
@@ -366,6 +461,7 @@ class FileChecker:
                     t_stores,
                     (t1, t2),
                     t.name,
+                    ordered=True,  # the kernel patches word by word, maintained
                 )
             )
         return SitePlan(
@@ -399,8 +495,28 @@ class FileChecker:
         )
 
     def _layout_findings(self, site: Site, index: int, sec: Section, r: int) -> Iterator[Finding]:
-        """The layout ``[prefix] [BTI C] MOV X9,X30 ; NOP`` with the record on the NOP."""
-        if r % 4:
+        """The layout ``[prefix] [BTI C] MOV X9,X30 ; NOP`` with the record on the NOP.
+
+        The classifier has judged the site (``site.state``, ``site.problem``);
+        this only names the finding each judgement is.
+        """
+        if site.state is State.REWRITTEN:
+            return
+        if site.state is State.PRISTINE:
+            if self.scheme is Scheme.TWO_SLOT:
+                return  # the runtime of this scheme writes the MOV itself
+            at = site.mov_offset if site.mov_offset is not None else r
+            yield Finding(
+                CHECK_MOV,
+                self._locate(site, sec, at),
+                "site is not rewritten: no mov x9, x30 before the BL slot, so the "
+                "runtime would have to write it (nop -> mov x9, x30 is outside the "
+                f"permitted set, {arm64.CMODX_REVISION})",
+                site=index,
+            )
+            return
+        problem = site.problem or Problem.OTHER
+        if problem is Problem.MISALIGNED:
             yield Finding(
                 CHECK_SLOT_ALIGN,
                 self._locate(site, sec, r),
@@ -409,72 +525,20 @@ class FileChecker:
                 site=index,
             )
             return
-        if site.state is State.REWRITTEN:
-            return
-        if self.scheme is Scheme.TWO_SLOT and site.state is State.PRISTINE:
-            return  # the runtime of this scheme writes the MOV itself
-        w = self.word(sec, r)
-        before = self.word(sec, r - 4)
-        after = self.word(sec, r + 4)
-        mov_at, slot_at = site.mov_offset, site.slot_offset
-        if site.state is State.PRISTINE:
-            yield Finding(
-                CHECK_MOV,
-                self._locate(site, sec, mov_at if mov_at is not None else r),
-                "site is not rewritten: no mov x9, x30 before the BL slot, so the "
-                "runtime would have to write it (nop -> mov x9, x30 is outside the "
-                f"permitted set, {arm64.CMODX_REVISION})",
-                site=index,
-            )
-            return
-        if w == arm64.MOV_X9_X30 and after == arm64.NOP:
-            yield Finding(
-                CHECK_RECORD_ON_MOV,
-                self._locate(site, sec, r),
-                f"record points at the mov x9, x30, not at the BL slot "
-                f"{sec.name}+{r + 4:#x}: the runtime would overwrite the mov",
-                site=index,
-            )
-            return
-        if (slot_at is not None and r == slot_at) or (slot_at is None and w == arm64.NOP):
-            problems = 0
-            if before != arm64.MOV_X9_X30:
-                problems += 1
-                got = arm64.describe(before) if before is not None else "nothing"
-                yield Finding(
-                    CHECK_MOV,
-                    self._locate(site, sec, r - 4),
-                    f"expected mov x9, x30 (aa1e03e9) before the BL slot, found {got}",
-                    site=index,
+        for check in _PROBLEM_CHECKS[problem]:
+            message = site.reason or "invalid site"
+            if check == CHECK_RECORD_ON_MOV:
+                message = (
+                    f"record points at the mov x9, x30, not at the BL slot "
+                    f"{sec.name}+{r + 4:#x}: the runtime would overwrite the mov"
                 )
-            if w != arm64.NOP:
-                problems += 1
-                got = arm64.describe(w) if w is not None else "nothing"
-                yield Finding(
-                    CHECK_SLOT_WORD,
-                    self._locate(site, sec, r),
-                    f"BL slot holds {got}, expected nop (d503201f)",
-                    site=index,
-                )
-            if problems:
-                return
-        if w is not None and w != arm64.NOP and before == arm64.MOV_X9_X30:
-            yield Finding(
-                CHECK_SLOT_WORD,
-                self._locate(site, sec, r),
-                f"BL slot holds {arm64.describe(w)}, expected nop (d503201f)",
-                site=index,
-            )
-            return
-        if mov_at is not None and r < mov_at:
-            yield Finding(
-                CHECK_RECORD,
-                self._locate(site, sec, r),
-                f"record points before the entry ({site.reason or 'prefix'})",
-                site=index,
-            )
-            return
-        yield Finding(CHECK_SCAN, site.location, site.reason or "invalid site", site=index)
+            elif check == CHECK_RECORD:
+                message = f"record points before the entry ({message})"
+            elif check == CHECK_SLOT_WORD and problem is Problem.NO_MOV_NOR_NOP:
+                slot = site.slot_offset if site.slot_offset is not None else r
+                word = self.word(sec, slot)
+                message = f"BL slot holds {arm64.describe(word or 0)}, expected nop (d503201f)"
+            yield Finding(check, site.location, message, site=index)
 
     def _alignment_findings(
         self, site: Site, index: int, sec: Section, f: int | None, patched: int

@@ -1,0 +1,276 @@
+"""The one classifier: what the site of a record is, for scan, rewrite and verify.
+
+Input, per code section (:class:`Code`): its instruction words and the sorted
+offsets where a function entry starts (typed, sized function symbols,
+``ElfFile.function_starts``); per record: the offset it points at.  Output,
+per record (:class:`Verdict`): the state (pristine, rewritten, invalid), the
+layout, where callers enter, the MOV word and the BL slot, and for an
+invalid site the reason and the place to name.  Objects and linked images,
+the rewrite's columnar path and ``scan``'s Sites all ask :func:`classify`;
+nothing else judges a site's words.
+
+The rules, in order (a site is ``[prefix NOPs] [BTI C] first ; slot``):
+
+1. The record on a NOP right after ``mov x9, x30`` is what a rewrite leaves
+   (whatever symbol a hostile symtab puts at the slot) -- unless a function
+   starts after it with only NOPs between and no function owns the MOV:
+   then the MOV is in that function's prefix (the CALL_OPS ops literal),
+   callers enter past it, and the site is invalid (issue 12).
+2. With no function symbol on or just before the record, the words decide:
+   ``nop ; nop`` is pristine.
+3. Otherwise the function symbol decides: the record on its entry (or in the
+   NOPs before it) is pristine when the entry is ``nop ; nop``; every other
+   combination is invalid, with the reason (half rewritten, landing pad, ...).
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ftpatch import arm64
+from ftpatch.elf.reader import ET_REL, ElfFile, Section
+from ftpatch.model import Layout, Problem, State
+
+NOP, MOV = arm64.NOP, arm64.MOV_X9_X30
+_BTI = arm64.BTI_LANDING_PADS
+_EXPECT_NOP = "nop (d503201f)"
+
+# -fpatchable-function-entry=N,M puts M NOPs before the symbol; Linux uses 2.
+# A record this far before its function is still taken for a prefix.
+MAX_PREFIX_WORDS = 16
+_MAX_PREFIX = 4 * MAX_PREFIX_WORDS
+
+_PRISTINE, _REWRITTEN, _INVALID = State.PRISTINE, State.REWRITTEN, State.INVALID
+_LAYOUTS = {(p, b): Layout(p, b) for p in (None, 0, 1, 2) for b in (False, True)}
+# A rewritten site's layout, by whether a NOP precedes its entry (_rewritten_layout).
+_PLAIN_LAYOUTS = (Layout(0, False), Layout(None, False))
+_BTI_LAYOUTS = (Layout(0, True), Layout(None, True))
+
+
+def _layout(prefix: int | None, bti: bool) -> Layout:
+    cached = _LAYOUTS.get((prefix, bti))
+    return cached if cached is not None else Layout(prefix, bti)
+
+
+class Code(NamedTuple):
+    """One code section as the classifier reads it.
+
+    ``words`` holds the section's whole 32-bit words (instruction words are
+    little-endian, arm64.py) in host order; ``starts`` the sorted offsets of
+    its function entries, ``symbols`` the symbol index naming each.
+    """
+
+    name: str  # the section's, for messages
+    words: array  # type: ignore[type-arg]
+    size: int  # sh_size: a word at o exists when o <= size - 4
+    starts: list[int]
+    symbols: list[int]
+    data: bytes | mmap.mmap  # the file's bytes (ElfFile.data), for words off the 4-byte grid
+    file_offset: int  # the section's sh_offset in data
+    symbol_name: Callable[[int], str]  # symbol index -> name, for messages only
+
+    def function(self, owner: int) -> str | None:
+        return self.symbol_name(self.symbols[owner]) if owner >= 0 else None
+
+
+class Verdict(NamedTuple):
+    """What one record's site is.  Offsets count from the section's start."""
+
+    state: State
+    where: int  # the offset messages name (the record, or the word at fault)
+    owner: int  # index into Code.starts of the symbol naming ``where``, -1: none
+    layout: Layout | None
+    reason: str | None = None
+    mov: int | None = None  # first entry word: nop -> mov x9, x30
+    slot: int | None = None  # second entry word: the BL slot
+    entry: int | None = None  # where callers enter, from a function symbol
+    problem: Problem | None = None  # why an invalid site is invalid
+
+
+def code_of(elf: ElfFile, sec: Section) -> Code:
+    """``sec`` read for the classifier: its words and its function entries.
+
+    A function entry is a typed, sized function symbol
+    (``ElfFile.function_entries``).
+    """
+    words = array("I")
+    with elf.section_bytes(sec) as view:  # released at once: the file may be an mmap
+        size = len(view)  # sh_size, or less for a section cut short by the file's end
+        words.frombytes(view[: size & ~3])
+    if sys.byteorder == "big":
+        words.byteswap()  # instruction words are little-endian (arm64.py)
+    values, symbols = elf.function_entries.get(sec.index, ((), ()))
+    base = sec.sh_addr if elf.e_type != ET_REL else 0
+    starts = [value - base for value in values] if base else list(values)
+    return Code(
+        sec.name, words, size, starts, list(symbols), elf.data, sec.sh_offset, elf.symbol_name
+    )
+
+
+def word_at(code: Code, offset: int) -> int | None:
+    """The instruction word at ``offset``, None outside the section."""
+    if offset < 0 or offset > code.size - 4:
+        return None
+    if offset & 3:
+        return arm64.read_word(code.data, code.file_offset + offset)
+    return int(code.words[offset >> 2])
+
+
+def _found(code: Code, offset: int, expected: str) -> str:
+    w = word_at(code, offset)
+    return f"expected {expected}, found {arm64.describe(w) if w is not None else 'end of section'}"
+
+
+def _rewritten_layout(code: Code, entry: int, bti: bool) -> Layout:
+    """A rewritten site's layout: its record no longer says how many prefix
+    NOPs there were, so only a proof counts.  No NOP right before the entry
+    (or the section's start) proves there is no prefix; NOPs there may be a
+    prefix or alignment padding, and the layout says ``prefix?``."""
+    return _layout(None if word_at(code, entry - 4) == NOP else 0, bti)
+
+
+def classify(code: Code, r: int) -> Verdict:
+    """The site of a record pointing at offset ``r`` of ``code``.
+
+    Written for speed (a vmlinux.o has tens of thousands of records): word
+    reads go straight to the array, with ``word_at`` only at the edges.
+    """
+    starts = code.starts
+    nstarts = len(starts)
+    words = code.words
+    nw = len(words)
+    if r & 3:
+        return _misaligned(code, r)
+    k = r >> 2
+    # The symbol that names the place: the first function at or after r with
+    # only NOPs between (r is on its entry or in its prefix), else the last
+    # one before r.
+    i = bisect_left(starts, r)
+    owner = i - 1
+    if i < nstarts:
+        s = starts[i]
+        if s == r or (
+            s - r <= _MAX_PREFIX and words[k : s >> 2].count(NOP) == (s - r) >> 2
+        ):
+            owner = i
+    v = starts[owner] if owner >= 0 else None
+
+    if 1 <= k < nw - 1:
+        w_prev, w0, w1 = words[k - 1], words[k], words[k + 1]
+    else:
+        w_prev, w0, w1 = word_at(code, r - 4), word_at(code, r), word_at(code, r + 4)
+
+    if w_prev == MOV and w0 == NOP:
+        # Where callers enter: the function symbol on the mov, or on the
+        # BTI C before it; with neither, the words say (bti or not).
+        bti = k >= 2 and words[k - 2] in _BTI
+        if v == r - 4 or _starts_at(starts, r - 4):
+            entry, bti = r - 4, False
+        elif bti and (v == r - 8 or _starts_at(starts, r - 8)):
+            entry = r - 8
+        else:
+            entry = -1
+            # Is the mov in the prefix of a function after it?  (A symbol on
+            # the slot itself is a hostile symtab's, not an entry after a
+            # prefix: the words decide, as below.)
+            n = bisect_left(starts, r)
+            if n < nstarts and starts[n] > r:
+                f = starts[n]
+                if f - r <= _MAX_PREFIX and words[k : f >> 2].count(NOP) == (f - r) >> 2:
+                    return _mov_in_prefix(code, r, n, f)
+        j = k - (3 if bti else 2)  # the word before the entry
+        layout = (_BTI_LAYOUTS if bti else _PLAIN_LAYOUTS)[j >= 0 and words[j] == NOP]
+        return Verdict(
+            _REWRITTEN, r, owner, layout, None, r - 4, r, entry if entry >= 0 else None
+        )
+    if v is None or v < r - 8:
+        # No function symbol for this entry (hand-written code, a stripped
+        # local function): the words decide.
+        if w0 == NOP and w1 == NOP:
+            layout = _layout(0, w_prev in _BTI)
+            return Verdict(_PRISTINE, r, owner, layout, None, r, r + 4)
+        bad = r if w0 != NOP else r + 4
+        # (nop then no nop: read as a slot without its mov; mov then no nop:
+        # a slot holding something else.)
+        why = _found(code, bad, _EXPECT_NOP)
+        problem = Problem.NO_MOV if w0 == NOP else Problem.OTHER
+        if w0 != NOP and w_prev == MOV:
+            problem = Problem.SLOT_NOT_NOP
+        return Verdict(_INVALID, bad, owner, None, why, None, None, None, problem)
+
+    kv = v >> 2
+    bti = kv < nw and words[kv] in _BTI
+    e = v + 4 if bti else v  # the first entry word
+    slot = e + 4
+    ke = e >> 2
+    w_e = words[ke] if ke < nw else None
+    w_slot = words[ke + 1] if ke + 1 < nw else None
+    if r < v or r == e:
+        # The record at the pristine position: the entry, or the prefix NOPs.
+        layout = (_BTI_LAYOUTS if bti else _PLAIN_LAYOUTS)[0] if r >= v else _layout(
+            (v - r) >> 2, bti
+        )
+        if w_e == NOP and w_slot == NOP:
+            return Verdict(_PRISTINE, r, owner, layout, None, e, slot, v)
+        before = Problem.RECORD_BEFORE_ENTRY if r < e else None
+        if w_e == MOV and w_slot == NOP:
+            why = "half rewritten: mov x9, x30 present but record not moved to the BL slot"
+            problem = before or Problem.RECORD_ON_MOV
+            return Verdict(_INVALID, e, owner, layout, why, e, slot, v, problem)
+        bad = e if w_e != NOP else slot
+        why = _found(code, bad, _EXPECT_NOP)
+        return Verdict(_INVALID, bad, owner, layout, why, e, slot, v, before or Problem.OTHER)
+    if r == slot:
+        layout = _rewritten_layout(code, v, bti)
+        if w_e == NOP and w_slot == NOP:
+            why = "half rewritten: record moved to the BL slot but no mov x9, x30 before it"
+            return Verdict(_INVALID, e, owner, layout, why, e, slot, v, Problem.NO_MOV)
+        bad = e if w_e != MOV else slot
+        expected = "mov x9, x30 (aa1e03e9)" if bad == e else _EXPECT_NOP
+        if bad == slot:
+            problem = Problem.SLOT_NOT_NOP
+        else:
+            problem = Problem.NO_MOV if w_slot == NOP else Problem.NO_MOV_NOR_NOP
+        why = _found(code, bad, expected)
+        return Verdict(_INVALID, bad, owner, layout, why, e, slot, v, problem)
+    if r == v and bti:
+        why = f"record points at the landing pad, {_found(code, r, _EXPECT_NOP)}"
+        layout = _rewritten_layout(code, v, bti)
+        return Verdict(_INVALID, r, owner, layout, why, None, None, None, Problem.OTHER)
+    why = f"record is not at the entry of {code.function(owner)}: {_found(code, r, _EXPECT_NOP)}"
+    return Verdict(_INVALID, r, owner, None, why, None, None, None, Problem.OTHER)
+
+
+def _misaligned(code: Code, r: int) -> Verdict:
+    """A record off the 4-byte grid: invalid, named as the aligned ones are."""
+    starts = code.starts
+    i = bisect_left(starts, r)
+    owner = bisect_right(starts, r) - 1
+    if i < len(starts) and starts[i] - r <= _MAX_PREFIX:
+        if all(word_at(code, o) == NOP for o in range(r, starts[i], 4)):
+            owner = i
+    why = f"record is not 4-byte aligned ({code.name}+{r:#x})"
+    return Verdict(_INVALID, r, owner, None, why, None, None, None, Problem.MISALIGNED)
+
+
+def _starts_at(starts: list[int], offset: int) -> bool:
+    i = bisect_left(starts, offset)
+    return i < len(starts) and starts[i] == offset
+
+
+def _mov_in_prefix(code: Code, r: int, n: int, f: int) -> Verdict:
+    e = f + 4 if word_at(code, f) in _BTI else f
+    entry_words = " ; ".join(
+        arm64.describe(w) if w is not None else "end of section"
+        for w in (word_at(code, e), word_at(code, e + 4))
+    )
+    why = (
+        f"mov x9, x30 in the prefix before {code.function(n)}, whose entry is {entry_words}: "
+        "callers never run it, and the record is not on the BL slot"
+    )
+    return Verdict(_INVALID, r - 4, n, None, why, None, None, f, Problem.OTHER)
