@@ -72,6 +72,7 @@ if [[ $mode != runtime ]]; then
         # (scripts/container-check.sh) and GNU time for benchmarks/.
         APT_PACKAGES+=(
             bc flex bison libssl-dev libelf-dev cpio xz-utils qemu-system-arm linux-source-6.1
+            linux-source-6.12
             podman debootstrap time
         )
     fi

@@ -14,6 +14,15 @@
  * Kernel command-line knobs (read from /proc/cmdline):
  *   ftpatch.switches=N   function tracer on/off cycles (default 30)
  *   ftpatch.graph=N      function_graph on/off cycles (default 3)
+ *   ftpatch.ops=N        cycles with two ftrace users at once (default 0):
+ *                        a second tracing instance traces one function
+ *                        (set_ftrace_filter) while the top instance switches
+ *                        function and function_graph, so with CALL_OPS the
+ *                        sites move between per-callsite ops (the
+ *                        instance's, the top tracer's, the list ops, none)
+ *                        while the workers run through them; then the
+ *                        instance's trace must hold the workers' calls of
+ *                        that function and no other function.
  *
  * The last line it prints is one of
  *   FTPATCH-E2E: PASS ...
@@ -401,10 +410,95 @@ static void check_graph_trace(void)
 	free(trace);
 }
 
+#define OPS_INSTANCE "instances/ftpatch-ops"
+#define OPS_FUNCTION "__arm64_sys_getppid"
+
+/*
+ * Per-callsite ops (DYNAMIC_FTRACE_WITH_CALL_OPS): a site traced by one
+ * ftrace_ops has that ops in its literal and ftrace_caller calls its
+ * callback directly, with no filter check; a site traced by two has the list
+ * ops.  Each cycle moves OPS_FUNCTION's site through "instance only", "both"
+ * (list ops), "top only" and "none", and every other site between the top
+ * tracer's ops and none, while the workers call OPS_FUNCTION on the other
+ * CPUs.  A wrong literal left on any site would put another function in the
+ * instance's trace, which check_ops_trace() refuses.
+ */
+static void switch_two_users(long cycles)
+{
+	double t0 = now(), t;
+
+	if (mkdir(TRACEFS "/" OPS_INSTANCE, 0755) && errno != EEXIST)
+		fail("mkdir " TRACEFS "/" OPS_INSTANCE ": %s", strerror(errno));
+	tracefs_write(OPS_INSTANCE "/buffer_size_kb", "256");
+	tracefs_write(OPS_INSTANCE "/set_ftrace_filter", OPS_FUNCTION);
+	for (long i = 0; i < cycles; i++) {
+		tracefs_write(OPS_INSTANCE "/current_tracer", "function");
+		tracefs_write("current_tracer", i % 2 ? "function_graph" : "function");
+		sleep_ms(50);
+		tracefs_write(OPS_INSTANCE "/current_tracer", "nop");
+		sleep_ms(20);
+		tracefs_write("current_tracer", "nop");
+	}
+	t = now() - t0;
+	say("two ftrace users: %ld cycles of a filtered function tracer in "
+	    OPS_INSTANCE " with function/function_graph at the top in %.1f s",
+	    cycles, t);
+}
+
+/*
+ * The instance traces OPS_FUNCTION only, while the top instance runs
+ * function_graph over every function: the instance's trace holds the
+ * workers' calls of OPS_FUNCTION and no other function.
+ */
+static void check_ops_trace(void)
+{
+	size_t len;
+	char *trace = NULL;
+	int lines = 0, ours = 0, worker_calls = 0;
+
+	tracefs_write("current_tracer", "function_graph");
+	for (long ms = 200, attempt = 1; attempt <= 4 && worker_calls == 0; attempt++, ms *= 3) {
+		free(trace);
+		tracefs_write(OPS_INSTANCE "/tracing_on", "0");
+		tracefs_write(OPS_INSTANCE "/trace", "");
+		tracefs_write(OPS_INSTANCE "/current_tracer", "function");
+		tracefs_write(OPS_INSTANCE "/tracing_on", "1");
+		sleep_ms(ms);
+		tracefs_write(OPS_INSTANCE "/tracing_on", "0");
+		trace = read_file(TRACEFS "/" OPS_INSTANCE "/trace", &len);
+		lines = ours = 0;
+		for (char *line = trace; *line; ) {
+			char *end = strchr(line, '\n');
+			size_t n = end ? (size_t)(end - line) : strlen(line);
+
+			if (n && line[0] != '#') {
+				lines++;
+				if (memmem(line, n, OPS_FUNCTION " <-", strlen(OPS_FUNCTION " <-")))
+					ours++;
+				else if (lines - ours <= 5)
+					say("not " OPS_FUNCTION " in " OPS_INSTANCE ": %.*s", (int)n, line);
+			}
+			line += n + (end ? 1 : 0);
+		}
+		worker_calls = count_worker_lines(trace);
+		say(OPS_INSTANCE " burst of %ld ms (function_graph at the top): %d lines, "
+		    "%d of " OPS_FUNCTION ", %d from the workers", ms, lines, ours, worker_calls);
+	}
+	tracefs_write(OPS_INSTANCE "/current_tracer", "nop");
+	tracefs_write("current_tracer", "nop");
+	if (lines != ours || worker_calls < 1) {
+		printf("%.2000s\n", trace);
+		fail(OPS_INSTANCE " traced %d lines, %d of them " OPS_FUNCTION
+		     ", %d from the workers: expected only " OPS_FUNCTION
+		     " and >= 1 from the workers", lines, ours, worker_calls);
+	}
+	free(trace);
+}
+
 int main(void)
 {
 	char *cmdline, *info;
-	long switches, graph;
+	long switches, graph, ops;
 	double t0, t;
 
 	mkdir("/proc", 0555);
@@ -422,6 +516,7 @@ int main(void)
 	cmdline = read_file("/proc/cmdline", NULL);
 	switches = cmdline_knob(cmdline, "ftpatch.switches=", 30);
 	graph = cmdline_knob(cmdline, "ftpatch.graph=", 3);
+	ops = cmdline_knob(cmdline, "ftpatch.ops=", 0);
 
 	info = read_file(TRACEFS "/dyn_ftrace_total_info", NULL);
 	say("dyn_ftrace_total_info: %s", strtok(info, "\n") ?: "");
@@ -451,12 +546,17 @@ int main(void)
 	say("function_graph tracer switched on and off %ld times in %.1f s",
 	    graph, t);
 
+	if (ops > 0)
+		switch_two_users(ops);
+
 	check_function_trace();
 	check_graph_trace();
+	if (ops > 0)
+		check_ops_trace();
 
 	stop_workers();
 	printf("FTPATCH-E2E: PASS function x%ld, function_graph x%ld, "
-	       "traced calls seen\n", switches, graph);
+	       "two users x%ld, traced calls seen\n", switches, graph, ops);
 	power_off();
 	return 0;
 }
