@@ -50,6 +50,7 @@ def _newcomer_env() -> dict[str, str]:
 # -- 1. the README's first command ---------------------------------------------------
 
 
+@pytest.mark.network
 def test_readme_first_command_runs_the_demo_and_it_passes() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "    bash scripts/demo.sh " in readme  # the command, exactly as written there
@@ -92,6 +93,7 @@ def _copy_for_install(dest: Path) -> None:
         shutil.copy(ROOT / "scripts" / name, dest / "scripts" / name)
 
 
+@pytest.mark.network
 def test_install_works_with_debians_externally_managed_python(tmp_path: Path) -> None:
     """Debian's /usr/bin/python3 refuses `pip install` outside a venv; the
     script makes .venv and installs there, and the README's activation works."""
