@@ -7,11 +7,14 @@ __stop_mcount_loc (the word, or its R_AARCH64_RELATIVE addend in a PIE), it
 finds the function the record belongs to from the typed, sized function
 symbols (STT_FUNC, st_size > 0) and checks the words there:
 
-  pristine   record on the entry (plain) or 8 bytes before it (4,2 prefix),
+  pristine   record on the entry (plain) or --prefix NOPs before it (4,2),
              entry words [BTI C] NOP ; NOP
   rewritten  record on the BL slot: entry [BTI C] MOV X9,X30 ; NOP
 
-    scripts/check-records.py vmlinux --expect rewritten [--json]
+A function the kernel kept without a symbol (an overridden weak function)
+is judged by its words alone and counted under "no symbol" too.
+
+    scripts/check-records.py vmlinux --expect rewritten [--prefix 2] [--json]
 
 Prints counts per state (zero records are counted apart: the kernel skips
 them); exits 1 if any non-zero record is not in the expected state.
@@ -37,6 +40,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("image")
     ap.add_argument("--expect", choices=("pristine", "rewritten"), required=True)
+    ap.add_argument(
+        "--prefix",
+        type=int,
+        default=0,
+        help="NOPs before each function: 2 for -fpatchable-function-entry=4,2 (CALL_OPS), else 0",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with open(args.image, "rb") as f:
@@ -74,10 +83,12 @@ def main() -> int:
         o = file_offset(address)
         return None if o is None else struct.unpack_from("<I", data, o)[0]
 
+    prefix = 4 * args.prefix
     start, stop = syms["__start_mcount_loc"], syms["__stop_mcount_loc"]
     table = file_offset(start)
     assert table is not None
     counts: Counter[str] = Counter()
+    unnamed = 0  # judged by the words: no function symbol owns the record
     bad: list[str] = []
     for i in range((stop - start) // 8):
         value = relative.get(start + 8 * i)
@@ -86,17 +97,20 @@ def main() -> int:
         if value == 0:
             counts["zero"] += 1
             continue
-        # The function: the typed symbol containing the record, else the one
-        # whose 4,2 prefix holds it.
-        k = bisect.bisect_right(starts, value + 8) - 1
+        # The function: the typed symbol containing the record, else (pristine
+        # with a prefix) the one the prefix NOPs precede.  A function without
+        # a symbol of its own (the kernel keeps overridden weak functions'
+        # code, unnamed) is judged by its words, and counted apart.
+        k = bisect.bisect_right(starts, value + prefix) - 1
         near = [functions[j] for j in (k, k - 1) if j >= 0]
         candidates = [f for f in near if f[0] <= value < f[0] + f[1]]
-        candidates += [f for f in near if f[0] - 8 <= value < f[0]]
+        if prefix:
+            candidates += [f for f in near if f[0] - prefix <= value < f[0]]
         state, name = "unknown", "?"
         for entry, _size, name in candidates:  # noqa: B007 (name: the last one tried)
             first = entry + 4 if word(entry) in BTI else entry
             w0, w1 = word(first), word(first + 4)
-            if value in (first, entry - 8) and (w0, w1) == (NOP, NOP):
+            if value == (entry - prefix if prefix else first) and (w0, w1) == (NOP, NOP):
                 state = "pristine"
             elif value == first + 4 and (w0, w1) == (MOV, NOP):
                 state = "rewritten"
@@ -104,15 +118,24 @@ def main() -> int:
                 state = "invalid"
                 continue
             break
+        if state == "unknown":  # no symbol owns it
+            before, w0, w1 = word(value - 4), word(value), word(value + 4)
+            if before == MOV and w0 == NOP:
+                state, name = "rewritten", "(no symbol)"
+            elif w0 == NOP and w1 == NOP:
+                state, name = "pristine", "(no symbol)"
+            if name == "(no symbol)":
+                unnamed += 1
         counts[state] += 1
         if state != args.expect:
             bad.append(f"record {i} = {value:#x} ({name}): {state}")
     total = sum(counts.values())
     if args.json:
-        print(json.dumps({"records": total, "counts": dict(sorted(counts.items())), "bad": bad}))
+        doc = {"records": total, "counts": dict(sorted(counts.items())), "no_symbol": unnamed}
+        print(json.dumps({**doc, "bad": bad}))
     else:
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        print(f"{args.image}: {total} records: {summary}")
+        print(f"{args.image}: {total} records: {summary} ({unnamed} without a function symbol)")
         for line in bad[:20]:
             print("  " + line)
     return 1 if bad else 0
