@@ -67,7 +67,8 @@ def mcount_words(elf: ELFFile) -> tuple[list[int], dict[int, int]]:
             for rel in section.iter_relocations():
                 offset = rel["r_offset"]
                 if rel["r_info_type"] == R_AARCH64_RELATIVE and start <= offset < stop:
-                    words[(offset - start) // 8] = rel["r_addend"]
+                    # r_addend is an Sxword: as an address, modulo 2^64.
+                    words[(offset - start) // 8] = rel["r_addend"] & 0xFFFF_FFFF_FFFF_FFFF
     return words, funcs
 
 
