@@ -71,7 +71,7 @@ def main() -> int:
             if isinstance(sec, RelocationSection) and sec.is_RELA() and sec["sh_flags"] & 2:
                 for r in sec.iter_relocations():
                     if r["r_info_type"] == R_AARCH64_RELATIVE:
-                        relative[r["r_offset"]] = r["r_addend"]
+                        relative[r["r_offset"]] = r["r_addend"] % (1 << 64)  # signed in pyelftools
 
     def file_offset(address: int) -> int | None:
         for vaddr, offset, size in segments:
