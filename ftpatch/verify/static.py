@@ -278,6 +278,14 @@ class FileChecker:
 
     # -- branches the assembler or linker resolved ------------------------------------
 
+    def _entry(self, site: Site, sec: Section, mov: int) -> int:
+        """Where callers enter the site whose MOV word is at ``mov``: its
+        function's symbol, or where there is none (a local function stripped
+        of its symbol), the words: the BTI C before the MOV, or the MOV."""
+        if site.entry_offset is not None:
+            return site.entry_offset
+        return mov - 4 if self.word(sec, mov - 4) in arm64.BTI_LANDING_PADS else mov
+
     def _inner_words(self) -> dict[tuple[int, int], int]:
         """(section index, offset) of every entry word past where callers enter
         (the MOV after a BTI C, the BL slot), -> the index of its site."""
@@ -285,13 +293,10 @@ class FileChecker:
         for i, site in enumerate(self.result.sites):
             if site.slot_offset is None or site.slot_file_offset is None:
                 continue
-            sec = self.section_of(site.slot_file_offset)
+            sec = self.site_section(site)
             if sec is None:
                 continue
-            entry = site.entry_offset
-            if entry is None:  # no symbol: where the words say callers enter
-                mov = site.slot_offset - 4
-                entry = mov - 4 if self.word(sec, mov - 4) in arm64.BTI_LANDING_PADS else mov
+            entry = self._entry(site, sec, site.slot_offset - 4)
             for o in range(entry + 4, site.slot_offset + 4, 4):
                 inner[(sec.index, o)] = i
         return inner
@@ -424,16 +429,7 @@ class FileChecker:
         for t in transitions:
             findings.extend(self._cmodx_findings(site, index, sec, t))
 
-        # Run from where callers enter: the function's symbol, or where there
-        # is none (a local function stripped of its symbol), the entry words.
-        entry: int | None
-        if f is not None:
-            entry = f
-        elif mov is not None:
-            before = self.word(sec, mov - 4)
-            entry = mov - 4 if before in arm64.BTI_LANDING_PADS else mov
-        else:
-            entry = None
+        entry = self._entry(site, sec, mov) if mov is not None else None
         stores = tuple(
             tuple(Store(self.address(sec, o), old, new) for o, old, new in t.stores)
             for t in transitions
