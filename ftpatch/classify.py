@@ -29,7 +29,7 @@ import mmap
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from ftpatch import arm64
@@ -62,14 +62,15 @@ class Code(NamedTuple):
 
     ``words`` holds the section's whole 32-bit words (instruction words are
     little-endian, arm64.py) in host order; ``starts`` the sorted offsets of
-    its function entries, ``symbols`` the symbol index naming each.
+    its function entries, ``symbols`` the symbol index naming each (arrays:
+    no object per function).
     """
 
     name: str  # the section's, for messages
     words: array  # type: ignore[type-arg]
     size: int  # sh_size: a word at o exists when o <= size - 4
-    starts: list[int]
-    symbols: list[int]
+    starts: Sequence[int]  # an array, or a list (linked images: may be negative)
+    symbols: array  # type: ignore[type-arg]
     data: bytes | mmap.mmap  # the file's bytes (ElfFile.data), for words off the 4-byte grid
     file_offset: int  # the section's sh_offset in data
     symbol_name: Callable[[int], str]  # symbol index -> name, for messages only
@@ -98,18 +99,22 @@ def code_of(elf: ElfFile, sec: Section) -> Code:
     A function entry is a typed, sized function symbol
     (``ElfFile.function_entries``).
     """
-    words = array("I")
-    with elf.section_bytes(sec) as view:  # released at once: the file may be an mmap
-        size = len(view)  # sh_size, or less for a section cut short by the file's end
-        words.frombytes(view[: size & ~3])
+    # sh_size, or less for a section cut short by the file's end
+    size = max(0, min(sec.sh_size, elf.size - sec.sh_offset))
+    words = elf.read_array("I", sec.sh_offset, size)
     if sys.byteorder == "big":
         words.byteswap()  # instruction words are little-endian (arm64.py)
-    values, symbols = elf.function_entries.get(sec.index, ((), ()))
-    base = sec.sh_addr if elf.e_type != ET_REL else 0
-    starts = [value - base for value in values] if base else list(values)
-    return Code(
-        sec.name, words, size, starts, list(symbols), elf.data, sec.sh_offset, elf.symbol_name
-    )
+    entries = elf.function_entries.get(sec.index)
+    starts: Sequence[int]
+    if entries is None:
+        starts, symbols = array("Q"), array("I")
+    else:
+        values, symbols = entries
+        base = sec.sh_addr if elf.e_type != ET_REL else 0
+        # Linked images: offsets from the section's address (a list: a hostile
+        # symbol may lie anywhere, before the section too).
+        starts = [value - base for value in values] if base else values
+    return Code(sec.name, words, size, starts, symbols, elf.data, sec.sh_offset, elf.symbol_name)
 
 
 def word_at(code: Code, offset: int) -> int | None:
@@ -258,7 +263,7 @@ def _misaligned(code: Code, r: int) -> Verdict:
     return Verdict(_INVALID, r, owner, None, why, None, None, None, Problem.MISALIGNED)
 
 
-def _starts_at(starts: list[int], offset: int) -> bool:
+def _starts_at(starts: Sequence[int], offset: int) -> bool:
     i = bisect_left(starts, offset)
     return i < len(starts) and starts[i] == offset
 

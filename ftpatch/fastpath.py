@@ -59,15 +59,6 @@ def _first(region: tuple[int, Buffer]) -> int:
     return region[0]
 
 
-def _columns(data: object, file_offset: int, size: int, code: str, swap: bool) -> array:  # type: ignore[type-arg]
-    col = array(code)
-    with memoryview(data) as view:  # type: ignore[arg-type]  # no bytes copy in between
-        col.frombytes(view[file_offset : file_offset + size])
-    if swap:
-        col.byteswap()
-    return col
-
-
 def plan_object(elf: ElfFile) -> FastPlan | None:
     """The plan of a compiler-made relocatable object, or None (general path)."""
     if elf.e_type != ET_REL:
@@ -96,7 +87,9 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
             return None
         if rela.sh_size != count * RELA_SIZE:
             return None
-        entries = _columns(data, rela.sh_offset, rela.sh_size, "Q", swap_elf)
+        entries = elf.read_array("Q", rela.sh_offset, rela.sh_size)
+        if swap_elf:
+            entries.byteswap()
         if entries[0::3] != array("Q", range(0, count * RECORD_SIZE, RECORD_SIZE)):
             return None
         work.append((rela, entries))
@@ -107,11 +100,9 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
     tab = elf.symtab
     if tab is None or tab.sh_entsize != SYM_SIZE or tab.sh_type == SHT_NOBITS:
         return None
-    nsyms = tab.sh_size // SYM_SIZE
-    symbols = _columns(data, tab.sh_offset, nsyms * SYM_SIZE, "Q", swap_elf)
-    head, values = symbols[0::3], symbols[1::3]
-    del symbols
-    shndx_shift = 0 if elf.big_endian else 48
+    symbols = elf.symbol_words  # three words per symbol, host order
+    nsyms = len(symbols) // 3
+    shndx_shift = elf.symbol_shifts[2]
     if not 0 <= tab.sh_link < len(sections):
         return None
     strtab = sections[tab.sh_link]
@@ -127,22 +118,23 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
     codes: dict[int, Code] = {}  # read for the classifier when first needed
 
     pristine = rewritten = 0
-    moved_code: dict[int, list[int]] = {}  # section index -> word indexes to MOV
+    moved_code: dict[int, array] = {}  # type: ignore[type-arg]  # section index -> word indexes to MOV
     regions: list[tuple[int, Buffer]] = []
     for rela, entries in work:
-        infos, addends = entries[1::3], entries[2::3]
         moved = False
         last = -1  # records of one section mostly point into one code section
         size = 0
         c: Code | None = None
-        movs: list[int] = []
-        for i, (r_info, addend) in enumerate(zip(infos, addends, strict=True)):
+        movs = array("L")
+        for i in range(len(entries) // 3):
+            r_info = entries[3 * i + 1]
             if r_info & 0xFFFFFFFF != R_AARCH64_ABS64:
                 return None
             r_sym = r_info >> 32
             if not 0 < r_sym < nsyms:
                 return None
-            shndx = (head[r_sym] >> shndx_shift) & 0xFFFF
+            addend = entries[3 * i + 2]
+            shndx = (symbols[3 * r_sym] >> shndx_shift) & 0xFFFF
             if shndx != last:
                 if not 0 < shndx < nsec or not code[shndx]:
                     return None
@@ -150,10 +142,10 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
                 if c is None:
                     c = codes[shndx] = code_of(elf, sections[shndx])
                 size = sections[shndx].sh_size
-                movs = moved_code.setdefault(shndx, [])
+                movs = moved_code.setdefault(shndx, array("L"))
                 last = shndx
             # r_addend is signed (AAELF64 5.7.4: S + A).
-            r = values[r_sym] + (addend - (1 << 64) if addend >> 63 else addend)
+            r = symbols[3 * r_sym + 1] + (addend - (1 << 64) if addend >> 63 else addend)
             if r < 0 or r + 8 > size:
                 return None  # the general path names the place
             state, _where, _owner, _layout, _why, mov, slot, _entry, _p = classify(c, r)  # type: ignore[arg-type]

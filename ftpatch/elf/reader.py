@@ -128,9 +128,13 @@ class Rela(NamedTuple):
 class ElfFile:
     """Read-only view over the bytes of one ELF64 AArch64 file."""
 
-    def __init__(self, path: str, data: bytes | mmap.mmap) -> None:
+    def __init__(self, path: str, data: bytes | mmap.mmap, fd: int | None = None) -> None:
         self.path = path
         self.data = data
+        # The file itself, when open: ``read_array`` reads the large tables
+        # with pread, so their pages are copied once and never stay mapped
+        # (a mapped page counts in the peak RSS as much as the copy does).
+        self.fd = fd
         self.size = len(data)
         if self.size < 16 or bytes(data[:4]) != ELFMAG:
             raise NotElfError(Location(path), "not an ELF file")
@@ -170,9 +174,12 @@ class ElfFile:
         self.segments = self._read_segments()
 
     def close(self) -> None:
-        """Unmap the file (an empty file was read as bytes: nothing to do)."""
+        """Unmap and close the file (an empty file was read as bytes)."""
         if isinstance(self.data, mmap.mmap):
             self.data.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     # -- helpers ---------------------------------------------------------
 
@@ -196,6 +203,28 @@ class ElfFile:
 
     def pack_i64(self, value: int) -> bytes:
         return self._i64.pack(value)
+
+    def read_array(self, typecode: str, file_offset: int, size: int) -> array:  # type: ignore[type-arg]
+        """The whole items of ``size`` bytes at ``file_offset``, as an array in
+        the file's byte order (the caller byteswaps).  The range must lie in
+        the file (``check_range``)."""
+        col = array(typecode)
+        count = size // col.itemsize
+        if count <= 0:
+            return col
+        nbytes = count * col.itemsize
+        if self.fd is not None:
+            col = array(typecode, [0]) * count  # allocated once, filled by the kernel
+            try:
+                done = os.preadv(self.fd, [col], file_offset)
+            except OSError as exc:
+                raise MalformedElfError(self.where(), f"cannot read: {exc.strerror}") from None
+            if done != nbytes:  # the file shrank since it was mapped
+                raise MalformedElfError(self.where(), "file changed while being read")
+            return col
+        with memoryview(self.data) as view:
+            col.frombytes(view[file_offset : file_offset + nbytes])
+        return col
 
     def section_bytes(self, section: Section) -> memoryview:
         if section.sh_type == SHT_NOBITS:
@@ -386,9 +415,30 @@ class ElfFile:
         return value
 
     @cached_property
-    def function_entries(self) -> dict[int, tuple[list[int], list[int]]]:
-        """Per section index: the sorted ``st_value`` of its function entries,
-        and the symbol index naming each.
+    def symbol_words(self) -> array:  # type: ignore[type-arg]
+        """The symbol table as 64-bit words in host order, three per symbol:
+        word 0 packs st_name, st_info, st_other, st_shndx (see
+        ``SYMBOL_SHIFTS``), word 1 is st_value, word 2 st_size.  Read once
+        (pread) for every columnar reader: a vmlinux.o has tens of thousands."""
+        tab = self.symtab
+        if tab is None:
+            return array("Q")
+        if tab.sh_entsize != SYM_SIZE:
+            raise MalformedElfError(self.where(tab.name), f"sh_entsize {tab.sh_entsize} is not 24")
+        words = self.read_array("Q", tab.sh_offset, tab.sh_size // SYM_SIZE * SYM_SIZE)
+        if self.big_endian != (sys.byteorder == "big"):
+            words.byteswap()
+        return words
+
+    @property
+    def symbol_shifts(self) -> tuple[int, int, int]:
+        """Shifts of st_name, st_info and st_shndx in a symbol's word 0."""
+        return (32, 24, 0) if self.big_endian else (0, 32, 48)
+
+    @cached_property
+    def function_entries(self) -> dict[int, tuple[array, array]]:  # type: ignore[type-arg]
+        """Per section index: the sorted ``st_value`` of its function entries
+        (array ``Q``), and the symbol index naming each (array ``I``).
 
         A function entry is where callers enter: a typed (STT_FUNC), sized
         (st_size > 0) symbol defined in a section, on the 4-byte grid.
@@ -398,35 +448,26 @@ class ElfFile:
         (issue 12: taking ``_stext`` for the entry put the MOV of a CALL_OPS
         site into its ops literal).  Mapping symbols (``$x``: AAELF64 5.5.4)
         are left out.  Of several symbols at one address, a global one names
-        it.  Read as array columns: a vmlinux.o has tens of thousands.
+        it.  Columns, not per-symbol objects: a vmlinux.o has tens of
+        thousands, and this is on the rewrite's path.
         """
         tab = self.symtab
         if tab is None:
             return {}
-        if tab.sh_entsize != SYM_SIZE:
-            raise MalformedElfError(self.where(tab.name), f"sh_entsize {tab.sh_entsize} is not 24")
         strtab = self.section(tab.sh_link, "symtab sh_link")
         strtab_off, strtab_size = strtab.sh_offset, strtab.sh_size
         self.check_range(strtab_off, strtab_size, "symbol string table")
-        columns = array("Q")
-        with self.section_bytes(tab) as view:
-            columns.frombytes(view[: len(view) // SYM_SIZE * SYM_SIZE])
-        if self.big_endian != (sys.byteorder == "big"):
-            columns.byteswap()
-        # Word 0 packs st_name, st_info, st_other, st_shndx in file order.
-        if self.big_endian:
-            name_shift, info_shift, shndx_shift = 32, 24, 0
-        else:
-            name_shift, info_shift, shndx_shift = 0, 32, 48
-        head, values, sizes = columns[0::3], columns[1::3], columns[2::3]
+        words = self.symbol_words
+        name_shift, info_shift, shndx_shift = self.symbol_shifts
         data = self.data
-        found: dict[int, list[tuple[int, int, int]]] = {}
-        for index in [
-            i
-            for i, (w, size) in enumerate(zip(head, sizes, strict=True))
-            if size and (w >> info_shift) & 0xF == STT_FUNC
-        ]:
-            w, value = head[index], values[index]
+        # One key per entry, sorted: st_value, then global before local, then
+        # the symbol index (the first of several names at one address names it).
+        found: dict[int, list[int]] = {}
+        for index in range(len(words) // 3):
+            w = words[3 * index]
+            if (w >> info_shift) & 0xF != STT_FUNC or not words[3 * index + 2]:
+                continue
+            value = words[3 * index + 1]
             st_name = (w >> name_shift) & 0xFFFFFFFF
             if value & 3 or st_name == 0 or st_name >= strtab_size:
                 continue
@@ -438,16 +479,21 @@ class ElfFile:
             elif st_shndx == SHN_UNDEF or st_shndx >= SHN_LORESERVE:
                 continue
             local = (w >> info_shift) >> 4 & 0xF == STB_LOCAL
-            found.setdefault(st_shndx, []).append((value, local, index))
-        out: dict[int, tuple[list[int], list[int]]] = {}
-        for shndx, entries in found.items():
-            entries.sort()
-            starts: list[int] = []
-            symbols: list[int] = []
-            for value, _local, index in entries:
-                if not starts or starts[-1] != value:  # the first (global) names it
+            keys = found.get(st_shndx)
+            if keys is None:
+                keys = found[st_shndx] = []
+            keys.append(value << 33 | local << 32 | index)
+        out: dict[int, tuple[array, array]] = {}  # type: ignore[type-arg]
+        for shndx, keys in found.items():
+            keys.sort()
+            starts, symbols = array("Q"), array("I")
+            last = -1
+            for key in keys:
+                value = key >> 33
+                if value != last:
                     starts.append(value)
-                    symbols.append(index)
+                    symbols.append(key & 0xFFFFFFFF)
+                    last = value
             out[shndx] = (starts, symbols)
         return out
 
@@ -551,14 +597,14 @@ def open_elf(path: str, name: str | None = None) -> ElfFile:
         else:
             data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
-        raise NotElfError(Location(shown), f"cannot read: {exc}") from None
-    finally:
         os.close(fd)
+        raise NotElfError(Location(shown), f"cannot read: {exc}") from None
     try:
-        return ElfFile(shown, data)
+        return ElfFile(shown, data, fd)
     except BaseException:
         if isinstance(data, mmap.mmap):
             data.close()
+        os.close(fd)
         raise
 
 
