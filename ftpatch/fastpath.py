@@ -5,7 +5,8 @@ Record, a Location, a Layout) and two ``Edit`` objects for each costs more
 than the whole rewrite budget (benchmarks/bench_rewrite.py, issue 4).  This
 module plans the same edits as ``scan`` + ``plan`` straight from the file's
 tables, read as ``array`` columns (RELA entries, symbol words, instruction
-words), and hands the writer whole patched sections.
+words), and hands the writer the same contract plan.py does: edit columns
+of (file offset, old bytes, new bytes), which it checks in bulk.
 
 It takes only what the compilers emit: relocatable objects whose records
 sections each have one in-order RELA section of ``R_AARCH64_ABS64`` entries.
@@ -20,6 +21,9 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Callable, Sequence
+from itertools import compress, pairwise
+from operator import itemgetter
 from typing import NamedTuple
 
 from ftpatch import arm64
@@ -35,28 +39,36 @@ from ftpatch.elf.reader import (
     ElfFile,
 )
 from ftpatch.elf.records import RECORD_SIZE, records_sections
-from ftpatch.elf.writer import Buffer
-from ftpatch.model import State
+from ftpatch.model import EditColumn, State
 
-_MOV = arm64.MOV_X9_X30
+_NOP_BYTES = arm64.word_bytes(arm64.NOP)
+_MOV_BYTES = arm64.word_bytes(arm64.MOV_X9_X30)
 _PRISTINE, _REWRITTEN = State.PRISTINE, State.REWRITTEN
 _U64 = 0xFFFFFFFFFFFFFFFF
 
 
 class FastPlan(NamedTuple):
-    """What the rewrite of one object changes, as whole patched sections."""
+    """What the rewrite of one object changes: site counts and edit columns."""
 
     sites: int
     pristine: int
     rewritten: int
-    # (file offset, new content) of each section that changes: the code
-    # sections with their MOVs, the RELA sections with their moved addends.
-    # The arrays themselves (in file byte order): no copy as bytes.
-    regions: list[tuple[int, Buffer]]
+    # One column per code section (its MOVs) and per RELA section (its moved
+    # r_addends); empty when nothing changes.
+    edits: list[EditColumn]
 
 
-def _first(region: tuple[int, Buffer]) -> int:
-    return region[0]
+def _one(index: int) -> Callable[[Sequence[int]], tuple[int]]:
+    """``itemgetter`` of one index, giving a tuple as it does of several."""
+
+    def pick(column: Sequence[int]) -> tuple[int]:
+        return (column[index],)
+
+    return pick
+
+
+def _span(column: EditColumn) -> tuple[int, int]:
+    return column.file_offsets[0], column.file_offsets[-1] + column.width
 
 
 def plan_object(elf: ElfFile) -> FastPlan | None:
@@ -66,8 +78,7 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
     data = elf.data
     sections = elf.sections
     nsec = min(len(sections), SHN_LORESERVE)
-    host_big = sys.byteorder == "big"
-    swap_elf = elf.big_endian != host_big  # ELF fields: the file's byte order
+    swap_elf = elf.big_endian != (sys.byteorder == "big")  # ELF fields: the file's order
 
     # The records sections and their one in-order RELA section each.
     work = []
@@ -118,14 +129,20 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
     codes: dict[int, Code] = {}  # read for the classifier when first needed
 
     pristine = rewritten = 0
-    moved_code: dict[int, array] = {}  # type: ignore[type-arg]  # section index -> word indexes to MOV
-    regions: list[tuple[int, Buffer]] = []
+    # Section index -> one byte per word, 1 where a MOV goes: ascending and
+    # one per entry (two records of one entry mark it twice) without a sort.
+    moved_code: dict[int, bytearray] = {}
+    columns: list[EditColumn] = []
     for rela, entries in work:
-        moved = False
+        # The r_addend of entry i is at file offset addend_base + 24 * i;
+        # moved ones are updated in ``entries``, their indexes kept in ``moved``.
+        addend_base = rela.sh_offset + 16
+        old_addends = entries[2::3]
+        moved = array("I")
         last = -1  # records of one section mostly point into one code section
         size = 0
         c: Code | None = None
-        movs = array("L")
+        movs = bytearray()
         for i in range(len(entries) // 3):
             r_info = entries[3 * i + 1]
             if r_info & 0xFFFFFFFF != R_AARCH64_ABS64:
@@ -142,7 +159,10 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
                 if c is None:
                     c = codes[shndx] = code_of(elf, sections[shndx])
                 size = sections[shndx].sh_size
-                movs = moved_code.setdefault(shndx, array("L"))
+                marks = moved_code.get(shndx)
+                if marks is None:
+                    marks = moved_code[shndx] = bytearray(len(c.words))
+                movs = marks
                 last = shndx
             # r_addend is signed (AAELF64 5.7.4: S + A).
             r = symbols[3 * r_sym + 1] + (addend - (1 << 64) if addend >> 63 else addend)
@@ -151,32 +171,36 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
             state, _where, _owner, _layout, _why, mov, slot, _entry, _p = classify(c, r)  # type: ignore[arg-type]
             if state is _PRISTINE:
                 pristine += 1
-                movs.append(mov >> 2)  # type: ignore[operator]  # aligned: entries start on the grid
+                movs[mov >> 2] = 1  # type: ignore[operator]  # entries start on the grid
                 # The record moves to the BL slot: two's complement, so the
                 # same for any addend.
                 entries[3 * i + 2] = (addend + slot - r) & _U64
-                moved = True
+                moved.append(i)
             elif state is _REWRITTEN:
                 rewritten += 1
             else:
                 return None  # invalid: the general path (scan + plan) says why
         if moved:
-            if swap_elf:
-                entries.byteswap()
-            regions.append((rela.sh_offset, entries))
-    for shndx, ks in moved_code.items():
-        if not ks:
-            continue
-        text = codes[shndx].words  # the classifier is done with them
-        for k in ks:
-            text[k] = _MOV  # two records of one entry: one MOV, written twice
-        if host_big:
-            text.byteswap()
-        regions.append((sections[shndx].sh_offset, text))
-    regions.sort(key=_first)
-    end = -1
-    for file_offset, content in regions:
-        if file_offset < end:
-            return None  # sections overlap in the file: the general path refuses it
-        end = file_offset + memoryview(content).nbytes
-    return FastPlan(pristine + rewritten, pristine, rewritten, regions)
+            new_addends = entries[2::3]
+            if len(moved) == len(old_addends):  # every record moves (a first rewrite)
+                offsets = array("Q", range(addend_base, addend_base + 24 * len(moved), 24))
+            else:
+                pick = itemgetter(*moved) if len(moved) > 1 else _one(moved[0])
+                old_addends = array("Q", pick(old_addends))
+                new_addends = array("Q", pick(new_addends))
+                offsets = array("Q", [addend_base + 24 * i for i in moved])
+            if swap_elf:  # back to the file's byte order
+                old_addends.byteswap()
+                new_addends.byteswap()
+            columns.append(EditColumn(8, offsets, old_addends, new_addends))
+    for shndx, marks in moved_code.items():
+        base = sections[shndx].sh_offset
+        offsets = array("Q", compress(range(base, base + 4 * len(marks), 4), marks))
+        if offsets:
+            n = len(offsets)
+            columns.append(EditColumn(4, offsets, _NOP_BYTES * n, _MOV_BYTES * n))
+    spans = sorted(map(_span, columns))
+    for (_, end), (start, _) in pairwise(spans):
+        if start < end:
+            return None  # sections overlap in the file: the general path judges the edits
+    return FastPlan(pristine + rewritten, pristine, rewritten, columns)

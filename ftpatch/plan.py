@@ -9,11 +9,13 @@ plan (nothing is written rather than a partial rewrite).
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence
 from typing import Literal
 
 from ftpatch import arm64
 from ftpatch.errors import SiteError
-from ftpatch.model import Edit, EditKind, Plan, Site, State
+from ftpatch.model import Edit, EditColumn, EditKind, Plan, Site, State
 
 _NOP = arm64.word_bytes(arm64.NOP)
 _MOV = arm64.word_bytes(arm64.MOV_X9_X30)
@@ -62,3 +64,19 @@ def plan_rewrite(path: str, sites: tuple[Site, ...], *, big_endian: bool) -> Pla
             )
         end = edit.file_offset + len(edit.old)
     return Plan(path, sites, tuple(edits))
+
+
+def edit_columns(edits: Sequence[Edit]) -> list[EditColumn]:
+    """A Plan's edits (sorted, not overlapping) as the writer's columns, one per width."""
+    by_width: dict[int, tuple[array, list[bytes], list[bytes]]] = {}  # type: ignore[type-arg]
+    for edit in edits:
+        column = by_width.get(len(edit.old))
+        if column is None:
+            column = by_width[len(edit.old)] = (array("Q"), [], [])
+        column[0].append(edit.file_offset)
+        column[1].append(edit.old)
+        column[2].append(edit.new)
+    return [
+        EditColumn(width, offsets, b"".join(old), b"".join(new))
+        for width, (offsets, old, new) in sorted(by_width.items())
+    ]

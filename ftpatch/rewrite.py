@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from typing import NamedTuple
 
-from ftpatch.elf.reader import mapped_elf, open_regular
-from ftpatch.elf.writer import locked, write_plan, write_regions
+from ftpatch.elf.reader import ElfFile, mapped_elf, open_regular
+from ftpatch.elf.writer import locked, write_edits
 from ftpatch.errors import FtpatchError
 from ftpatch.fastpath import plan_object
 from ftpatch.model import Location, Plan, RecordsMode, State
-from ftpatch.plan import plan_rewrite
+from ftpatch.plan import edit_columns, plan_rewrite
 from ftpatch.scan import scan_elf
 
 
@@ -76,9 +77,10 @@ def rewrite_file(
             )
     with locked(source, path), mapped_elf(source, path) as elf:
         fast = None if detail else plan_object(elf)
+        plan: Plan | None = None
         if fast is not None:
             result = RewriteResult(
-                path, shown, fast.sites, fast.pristine, fast.rewritten, bool(fast.regions), False
+                path, shown, fast.sites, fast.pristine, fast.rewritten, bool(fast.edits), False
             )
         else:
             sites = scan_elf(elf, records_mode)
@@ -95,8 +97,36 @@ def rewrite_file(
             )
         if check or dry_run or (not result.changes and output is None):
             return result
-        if fast is not None:
-            write_regions(source, dest, fast.regions, source_name=path, dest_name=shown)
-        else:
-            write_plan(plan, source, elf.data, dest, source_name=path, dest_name=shown)
+        columns = fast.edits if fast is not None else edit_columns(plan.edits)  # type: ignore[union-attr]
+        write_edits(
+            source,
+            dest,
+            columns,
+            source_name=path,
+            dest_name=shown,
+            locate=_locator(path, elf, plan, records_mode),
+        )
         return result._replace(written=True)
+
+
+def _locator(
+    path: str, elf: ElfFile, plan: Plan | None, records_mode: RecordsMode
+) -> Callable[[int], Location]:
+    """File offset of an edit -> the place it changes, for the writer's
+    messages.  The columnar plan keeps no Sites: they are made here from
+    the file as it is now, only when a message needs one."""
+
+    def locate(file_offset: int) -> Location:
+        try:
+            sites = plan.sites if plan is not None else scan_elf(elf, records_mode)
+        except FtpatchError:
+            return Location(path)
+        for site in sites:
+            if site.mov_file_offset == file_offset and site.mov_offset is not None:
+                return site.location.moved(site.mov_offset)
+            record = site.record
+            if file_offset in (record.value_file_offset, record.mirror_file_offset):
+                return Location(path, record.section, record.index * 8)
+        return Location(path)
+
+    return locate

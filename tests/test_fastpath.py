@@ -74,7 +74,7 @@ def test_rewritten_fixture(name: str, tmp_path: Path) -> None:
     assert same_both_ways(out, tmp_path)
     # A second rewrite finds every site rewritten and changes nothing.
     plan = fast_plan(out)
-    assert plan is not None and plan.pristine == 0 and plan.regions == []
+    assert plan is not None and plan.pristine == 0 and plan.edits == []
 
 
 def _words_near_sites(path: Path) -> list[int]:

@@ -1,6 +1,9 @@
-"""The one writer of bytes: apply a Plan's same-size edits, atomically.
+"""The one writer of bytes: apply same-size edits, atomically.
 
-recordmcount's habits: check the exact bytes before patching, write a
+Every caller hands it the one plan contract, edit columns of (file offset,
+old bytes, new bytes) (``model.EditColumn``), from the general plan
+(plan.py) and the columnar one (fastpath.py) alike.  recordmcount's habits:
+check the exact bytes before patching, write a
 temporary file beside the target, fsync it, rename it over the target, so a
 crash or a full disk leaves either the original or the complete rewrite.
 The rest of the file is copied by the kernel (``copy_file_range``) and never
@@ -16,11 +19,15 @@ import os
 import stat
 import tempfile
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from itertools import pairwise, repeat
+from operator import and_ as _and
+from operator import floordiv, sub
+from typing import Literal
 
 from ftpatch.elf.reader import open_regular
 from ftpatch.errors import FtpatchError, WriteError
-from ftpatch.model import Location, Plan
+from ftpatch.model import EditColumn, Location
 
 
 @contextlib.contextmanager
@@ -72,11 +79,8 @@ def _copy(src_fd: int, dst_fd: int, size: int) -> None:
         offset += len(chunk)
 
 
-# What a region's new content may be: bytes, or an array in file byte order.
-Buffer = bytes | bytearray | array  # type: ignore[type-arg]
-
-def _pwrite_all(fd: int, content: Buffer, file_offset: int) -> None:
-    view = memoryview(content).cast("B")  # an array's items may be wider than bytes
+def _pwrite_all(fd: int, content: bytearray, file_offset: int) -> None:
+    view = memoryview(content)
     while view:
         n = os.pwrite(fd, view, file_offset)
         view = view[n:]
@@ -112,84 +116,188 @@ def _create_temp(dest: str, in_place: bool) -> tuple[int, str]:
     return os.open(path, flags, 0o600), path
 
 
-def write_plan(
-    plan: Plan,
-    source: str,
-    data: bytes | memoryview | object,
-    dest: str,
-    *,
-    source_name: str | None = None,
-    dest_name: str | None = None,
-) -> None:
-    """Write ``source`` with ``plan`` applied to ``dest`` (may equal ``source``).
-
-    ``data`` is the content the plan was made from; each edit's expected bytes
-    are checked against it before anything is written.  In place (``dest``
-    is ``source``) the caller holds ``locked(source)``.
-    """
-    view = memoryview(data)  # type: ignore[arg-type]
-    try:
-        regions = _regions(plan, view)
-    finally:
-        # Release the buffer even when an error's traceback keeps this frame
-        # alive: the caller then closes the mmap, which raises BufferError
-        # (an "internal error" in place of the real one) while views exist.
-        view.release()
-    write_regions(source, dest, regions, source_name=source_name, dest_name=dest_name)
-
-
-# Edits closer than this share one region: one pwrite() instead of many.
+# Edits closer than this share one region: one pread() and one pwrite().
 _REGION_GAP = 1 << 16
+# A column with an edit every this many bytes or fewer is one region.
+_DENSE = 1 << 10
+
+# A region: file offsets [start, end) and the edits in it, as (column, first, stop).
+_Region = tuple[int, int, list[tuple[EditColumn, int, int]]]
 
 
-def _regions(plan: Plan, view: memoryview) -> list[tuple[int, bytes]]:
-    """Check every edit's expected bytes, then merge the edits into regions."""
-    for edit in plan.edits:
-        found = bytes(view[edit.file_offset : edit.file_offset + len(edit.old)])
-        if found != edit.old:
-            raise FtpatchError(
-                edit.location,
-                f"expected bytes {edit.old.hex()} at file offset {edit.file_offset:#x}, "
-                f"found {found.hex()}",
+def _regions(columns: Sequence[EditColumn], file_size: int, where: Location) -> list[_Region]:
+    """The regions the edits fall in, sorted; refuses edits outside the file.
+
+    A dense column (a code section's MOVs, a RELA table's addends) is one
+    region, found from its first and last offsets alone; a sparse one is
+    split where edits are far apart.  That the edits ascend without
+    overlapping is checked with their bytes (``_check_and_apply``).
+    """
+    runs: list[_Region] = []
+    for col in columns:
+        offsets, w = col.file_offsets, col.width
+        n = len(offsets)
+        old_size, new_size = memoryview(col.old).nbytes, memoryview(col.new).nbytes
+        if old_size != n * w or new_size != n * w:
+            raise WriteError(where, f"{n} edits of {w} bytes with {old_size} old, {new_size} new")
+        if not n:
+            continue
+        start, end = offsets[0], offsets[-1] + w
+        if end - start <= max(_REGION_GAP, n * _DENSE) or end <= start:
+            runs.append((start, max(end, start + w), [(col, 0, n)]))
+            continue
+        first = 0
+        end = start
+        for i in range(n):
+            o = offsets[i]
+            if o - end >= _REGION_GAP:
+                runs.append((start, end, [(col, first, i)]))
+                first, start = i, o
+            end = max(end, o + w)
+        runs.append((start, end, [(col, first, n)]))
+    runs.sort(key=_region_start)
+    merged: list[_Region] = []
+    for start, end, parts in runs:
+        if end > file_size:
+            raise WriteError(where, f"edit at file offset {end - 1:#x} lies outside the file")
+        if merged and start < merged[-1][1]:
+            # Columns meet (only a hostile file's overlapping sections do):
+            # one region, every edit checked against every other.
+            last = merged.pop()
+            start, end, parts = last[0], max(last[1], end), last[2] + parts
+            spans = sorted(
+                (o, o + c.width) for c, lo, hi in parts for o in c.file_offsets[lo:hi]
             )
-    regions: list[tuple[int, bytes]] = []
-    edits = plan.edits  # sorted by file offset, none overlapping (plan.py)
-    i = 0
-    while i < len(edits):
-        start = edits[i].file_offset
-        j = i
-        end = start + len(edits[i].new)
-        while j + 1 < len(edits) and edits[j + 1].file_offset - end < _REGION_GAP:
-            j += 1
-            end = max(end, edits[j].file_offset + len(edits[j].new))
-        content = bytearray(view[start:end])
-        for edit in edits[i : j + 1]:
-            o = edit.file_offset - start
-            content[o : o + len(edit.new)] = edit.new
-        regions.append((start, bytes(content)))
-        i = j + 1
-    return regions
+            for (_, a_end), (b, _) in pairwise(spans):
+                if b < a_end:
+                    raise WriteError(where, f"edit at file offset {b:#x} overlaps another")
+        merged.append((start, end, parts))
+    return merged
 
 
-def write_regions(
+def _region_start(region: _Region) -> int:
+    return region[0]
+
+
+def _mismatch(width: int, file_offset: int, old: bytes, found: bytes) -> str:
+    """Expected and found bytes, disassembled when they are instruction words."""
+    if width == 4:
+        from ftpatch import arm64  # only for the message
+
+        expected = arm64.describe(arm64.read_word(old, 0))
+        seen = arm64.describe(arm64.read_word(found, 0))
+        return f"expected {expected} at file offset {file_offset:#x}, found {seen}"
+    return f"expected bytes {old.hex()} at file offset {file_offset:#x}, found {found.hex()}"
+
+
+_ITEMS: dict[int, Literal["I", "Q"]] = {4: "I", 8: "Q"}
+
+
+def _check_and_apply(
+    buf: bytearray,
+    base: int,
+    col: EditColumn,
+    lo: int,
+    hi: int,
+    locate: Callable[[int], Location],
+) -> None:
+    """Check that ``buf`` (the file from ``base``) holds the old bytes of
+    edits ``lo:hi`` of ``col``, then put the new ones in.
+
+    In bulk where the edits lie on one grid (every MOV word of a section,
+    every r_addend of a RELA table): read as array items (one strided slice
+    for evenly spaced edits) and compared with one array comparison; others
+    one slice at a time.  Either way the edits must ascend without
+    overlapping.
+    """
+    w = col.width
+    offsets = col.file_offsets[lo:hi]
+    with memoryview(col.old) as o_view, memoryview(col.new) as n_view:
+        old = o_view.cast("B")[lo * w : hi * w].tobytes()
+        new = n_view.cast("B")[lo * w : hi * w].tobytes()
+    n = len(offsets)
+    o0 = offsets[0]
+    code = _ITEMS.get(w)
+    if code is not None and len(set(map(_and, offsets, repeat(w - 1, n)))) == 1:
+        step = offsets[1] - o0 if n > 1 else w
+        span = offsets[-1] - o0 + w
+        if span < n * w:  # not ascending, or overlapping
+            _refuse_order(offsets, w, locate)
+        with memoryview(buf)[o0 - base : o0 - base + span] as raw, raw.cast(code) as view:
+            items: Sequence[int]
+            if step % w == 0 and offsets == array("Q", range(o0, o0 + n * step, step)):
+                items = range(0, n * step // w, step // w)
+                found = array(code, view[:: step // w].tobytes())
+            else:
+                items = array("Q", map(floordiv, map(sub, offsets, repeat(o0, n)), repeat(w, n)))
+                if n > 1 and min(map(sub, items[1:], items)) <= 0:
+                    _refuse_order(offsets, w, locate)
+                found = array(code, map(view.__getitem__, items))
+            expected = array(code, old)
+            if found != expected:
+                i = next(i for i in range(n) if found[i] != expected[i])
+                raise FtpatchError(
+                    locate(offsets[i]),
+                    _mismatch(w, offsets[i], old[i * w : i * w + w], found[i : i + 1].tobytes()),
+                )
+            replacement = array(code, new)
+            if isinstance(items, range):
+                view[:: step // w] = replacement
+            elif new == new[:w] * n:  # one word for all (every MOV)
+                word = replacement[0]
+                for k in items:
+                    view[k] = word
+            else:
+                for k, value in zip(items, replacement, strict=True):
+                    view[k] = value
+        return
+    end = base
+    for i, o in enumerate(offsets):
+        if o < end:
+            _refuse_order(offsets, w, locate)
+        end = o + w
+        r = o - base
+        if buf[r : r + w] != old[i * w : i * w + w]:
+            raise FtpatchError(
+                locate(o), _mismatch(w, o, old[i * w : i * w + w], bytes(buf[r : r + w]))
+            )
+        buf[r : r + w] = new[i * w : i * w + w]
+
+
+def _refuse_order(offsets: Sequence[int], width: int, locate: Callable[[int], Location]) -> None:
+    for a, b in pairwise(offsets):
+        if b < a + width:
+            raise WriteError(locate(b), f"edit at file offset {b:#x} overlaps another")
+    raise AssertionError("edits in order")  # pragma: no cover - callers found one
+
+
+def write_edits(
     source: str,
     dest: str,
-    regions: Sequence[tuple[int, Buffer]],
+    columns: Sequence[EditColumn],
     *,
     source_name: str | None = None,
     dest_name: str | None = None,
+    locate: Callable[[int], Location] | None = None,
 ) -> None:
-    """Write ``source`` to ``dest`` (may equal ``source``) with ``regions`` replaced.
+    """Write ``source`` to ``dest`` (may equal ``source``) with ``columns`` applied.
 
-    ``regions`` are (file offset, new bytes), sorted and not overlapping,
-    each as long as the bytes it replaces.  The file is copied by the kernel
-    (``copy_file_range``) and the regions written over the copy, so memory
+    The one writer, and its one contract: every edit is (file offset, old
+    bytes, new bytes), and the old bytes are checked against ``source`` before
+    anything replaces ``dest``; a mismatch names the place (``locate``: file
+    offset -> Location, default the file) and both words, disassembled.  In
+    place (``dest`` is ``source``) the caller holds ``locked(source)``.
+
+    The file is copied by the kernel (``copy_file_range``) and the edited
+    regions, read with pread and patched, written over the copy, so memory
     stays in proportion to what changes, not to the file.  Messages name the
     files ``source_name`` and ``dest_name`` (as the user typed them; default
     the paths).
     """
     source_loc = Location(source if source_name is None else source_name)
     dest_loc = Location(dest if dest_name is None else dest_name)
+    if locate is None:
+        locate = _whole_file(source_loc)
     if dest != source and os.path.islink(dest):
         # -o LINK writes the link's target and keeps the link, as ld does
         # and as an in-place rewrite of a link does.
@@ -202,14 +310,7 @@ def write_regions(
     tmp_path: str | None = None
     try:
         st = os.fstat(src_fd)
-        end = 0
-        for file_offset, content in regions:
-            size = memoryview(content).nbytes
-            if file_offset < end or file_offset + size > st.st_size:
-                raise WriteError(
-                    source_loc, f"region at file offset {file_offset:#x} out of place"
-                )
-            end = file_offset + size
+        regions = _regions(columns, st.st_size, source_loc)
         mode = stat.S_IMODE(st.st_mode)
         owner = st.st_uid, st.st_gid
         if dest != source and os.path.exists(dest):
@@ -218,8 +319,14 @@ def write_regions(
         tmp_fd, tmp_path = _create_temp(dest, dest == source)
         try:
             _copy(src_fd, tmp_fd, st.st_size)
-            for file_offset, content in regions:
-                _pwrite_all(tmp_fd, content, file_offset)
+            for start, end, parts in regions:
+                buf = bytearray(end - start)
+                if os.preadv(src_fd, [buf], start) != len(buf):
+                    raise OSError(5, "short read")
+                for col, lo, hi in parts:
+                    _check_and_apply(buf, start, col, lo, hi, locate)
+                _pwrite_all(tmp_fd, buf, start)
+                del buf  # before the next region's: one at a time
             # The new inode keeps the owner (root rewriting a user's build
             # tree) where permitted; fchown clears set-id bits, so it goes first.
             with contextlib.suppress(PermissionError):
@@ -243,3 +350,10 @@ def write_regions(
         if tmp_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_path)
+
+
+def _whole_file(where: Location) -> Callable[[int], Location]:
+    def locate(file_offset: int) -> Location:
+        return where
+
+    return locate
