@@ -74,6 +74,9 @@ class Code(NamedTuple):
     data: bytes | mmap.mmap  # the file's bytes (ElfFile.data), for words off the 4-byte grid
     file_offset: int  # the section's sh_offset in data
     symbol_name: Callable[[int], str]  # symbol index -> name, for messages only
+    # Where the last search in ``starts`` ended (records come in address
+    # order, mostly): a guess that spares the binary search, never a result.
+    cursor: list[int]
 
     def function(self, owner: int) -> str | None:
         return self.symbol_name(self.symbols[owner]) if owner >= 0 else None
@@ -114,7 +117,9 @@ def code_of(elf: ElfFile, sec: Section) -> Code:
         # Linked images: offsets from the section's address (a list: a hostile
         # symbol may lie anywhere, before the section too).
         starts = [value - base for value in values] if base else values
-    return Code(sec.name, words, size, starts, symbols, elf.data, sec.sh_offset, elf.symbol_name)
+    return Code(
+        sec.name, words, size, starts, symbols, elf.data, sec.sh_offset, elf.symbol_name, [0]
+    )
 
 
 def word_at(code: Code, offset: int) -> int | None:
@@ -154,8 +159,15 @@ def classify(code: Code, r: int) -> Verdict:
     k = r >> 2
     # The symbol that names the place: the first function at or after r with
     # only NOPs between (r is on its entry or in its prefix), else the last
-    # one before r.
-    i = bisect_left(starts, r)
+    # one before r.  i = bisect_left(starts, r), tried first where the last
+    # record's search ended, and the next function (each costs two reads).
+    cursor = code.cursor
+    i = cursor[0]
+    if not (i < nstarts and starts[i] >= r and (i == 0 or starts[i - 1] < r)):
+        i += 1
+        if not (i < nstarts and starts[i] >= r and starts[i - 1] < r):
+            i = bisect_left(starts, r)
+    cursor[0] = i
     owner = i - 1
     if i < nstarts:
         s = starts[i]

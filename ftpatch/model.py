@@ -1,7 +1,7 @@
 """Immutable data shared by every layer: places, sites, records, edits, plans.
 
-The per-record types (Location, Record, Layout, Site, Edit) are NamedTuples,
-not frozen dataclasses: a vmlinux.o has tens of thousands of records and a
+The types (Location, Record, Layout, Site, Edit, EditColumn, Plan) are
+NamedTuples, not frozen dataclasses: a vmlinux.o has tens of thousands of records and a
 frozen dataclass costs about four times as much to build (measured, see
 benchmarks/bench_rewrite.py), which the rewrite budget of a few microseconds
 per record cannot pay.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 from array import array
-from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 # Where a linked image keeps its records (see elf/image.py).
@@ -202,13 +201,15 @@ class EditColumn(NamedTuple):
     new: bytes | array  # type: ignore[type-arg]
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Every site of one file and the same-size edits that rewrite them."""
+class Plan(NamedTuple):
+    """Every site of one file and the same-size edits that rewrite them.
+
+    (A NamedTuple like the rest: ``dataclasses`` stays off every command's
+    start-up.)"""
 
     path: str
     sites: tuple[Site, ...]
-    edits: tuple[Edit, ...] = field(default=())
+    edits: tuple[Edit, ...] = ()
 
     @property
     def changes(self) -> bool:

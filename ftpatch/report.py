@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ftpatch.model import Edit, Site
-from ftpatch.rewrite import RewriteResult
-from ftpatch.scan import ScanResult
+
+if TYPE_CHECKING:  # the rewrite's messages load this module: no scan machinery
+    from ftpatch.rewrite import RewriteResult
+    from ftpatch.scan import ScanResult
 
 
 def site_dict(site: Site) -> dict[str, Any]:

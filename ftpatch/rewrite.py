@@ -16,8 +16,6 @@ from ftpatch.elf.writer import locked, write_edits
 from ftpatch.errors import FtpatchError
 from ftpatch.fastpath import plan_object
 from ftpatch.model import Location, Plan, RecordsMode, State
-from ftpatch.plan import edit_columns, plan_rewrite
-from ftpatch.scan import scan_elf
 
 
 class RewriteResult(NamedTuple):
@@ -83,6 +81,11 @@ def rewrite_file(
                 path, shown, fast.sites, fast.pristine, fast.rewritten, bool(fast.edits), False
             )
         else:
+            # The general path (linked images, odd objects, --dry-run, --json,
+            # invalid sites): loaded only when taken.
+            from ftpatch.plan import plan_rewrite
+            from ftpatch.scan import scan_elf
+
             sites = scan_elf(elf, records_mode)
             plan = plan_rewrite(path, sites, big_endian=elf.big_endian)
             result = RewriteResult(
@@ -97,7 +100,12 @@ def rewrite_file(
             )
         if check or dry_run or (not result.changes and output is None):
             return result
-        columns = fast.edits if fast is not None else edit_columns(plan.edits)  # type: ignore[union-attr]
+        if fast is not None:
+            columns = fast.edits
+        else:
+            from ftpatch.plan import edit_columns
+
+            columns = edit_columns(plan.edits)  # type: ignore[union-attr]
         write_edits(
             source,
             dest,
@@ -117,6 +125,8 @@ def _locator(
     the file as it is now, only when a message needs one."""
 
     def locate(file_offset: int) -> Location:
+        from ftpatch.scan import scan_elf
+
         try:
             sites = plan.sites if plan is not None else scan_elf(elf, records_mode)
         except FtpatchError:

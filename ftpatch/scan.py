@@ -8,7 +8,6 @@ verdicts into ``Site`` objects for the commands that show them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import TracebackType
 
 from ftpatch.classify import Code, Verdict, classify, code_of
@@ -27,13 +26,18 @@ def zero_records_note(count: int) -> str:
     )
 
 
-@dataclass
 class ScanResult:
-    """The sites of one file, and the open file they came from."""
+    """The sites of one file, and the open file they came from.
 
-    path: str
-    elf: ElfFile
-    sites: tuple[Site, ...]
+    (A plain class: ``dataclasses`` stays off the rewrite's start-up, which
+    imports this module for its messages.)"""
+
+    __slots__ = ("elf", "path", "sites")
+
+    def __init__(self, path: str, elf: ElfFile, sites: tuple[Site, ...]) -> None:
+        self.path = path
+        self.elf = elf
+        self.sites = sites
 
     @property
     def linked(self) -> bool:
