@@ -30,15 +30,11 @@ from ftpatch import arm64
 from ftpatch.classify import Code, classify, code_of
 from ftpatch.elf.reader import (
     ET_REL,
-    R_AARCH64_ABS64,
-    RELA_SIZE,
-    SHN_LORESERVE,
     SHT_NOBITS,
-    SHT_RELA,
     SYM_SIZE,
     ElfFile,
 )
-from ftpatch.elf.records import RECORD_SIZE, records_sections
+from ftpatch.elf.records import RECORD_SIZE, record_columns, records_sections
 from ftpatch.model import EditColumn, State
 
 _NOP_BYTES = arm64.word_bytes(arm64.NOP)
@@ -77,43 +73,12 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
         return None
     data = elf.data
     sections = elf.sections
-    nsec = min(len(sections), SHN_LORESERVE)
     swap_elf = elf.big_endian != (sys.byteorder == "big")  # ELF fields: the file's order
 
-    # The records sections and their one in-order RELA section each.
-    work = []
-    for sec in records_sections(elf):
-        if sec.sh_type == SHT_NOBITS or sec.sh_size % RECORD_SIZE:
-            return None
-        if sec.sh_offset + sec.sh_size > len(data):
-            return None  # even an empty one: the general path refuses it (SHT_NULL)
-        count = sec.sh_size // RECORD_SIZE
-        if count == 0:
-            continue
-        relocs = elf.relas_for(sec)
-        if len(relocs) != 1:
-            return None
-        rela = relocs[0]
-        if rela.sh_type != SHT_RELA or rela.sh_entsize != RELA_SIZE:
-            return None
-        if rela.sh_size != count * RELA_SIZE:
-            return None
-        entries = elf.read_array("Q", rela.sh_offset, rela.sh_size)
-        if swap_elf:
-            entries.byteswap()
-        if entries[0::3] != array("Q", range(0, count * RECORD_SIZE, RECORD_SIZE)):
-            return None
-        work.append((rela, entries))
-    if not work:
-        return None
-
-    # Symbols: word 0 packs st_name, st_info, st_other, st_shndx; word 1 is st_value.
+    # The symbol and string tables the general path would name symbols from.
     tab = elf.symtab
     if tab is None or tab.sh_entsize != SYM_SIZE or tab.sh_type == SHT_NOBITS:
         return None
-    symbols = elf.symbol_words  # three words per symbol, host order
-    nsyms = len(symbols) // 3
-    shndx_shift = elf.symbol_shifts[2]
     if not 0 <= tab.sh_link < len(sections):
         return None
     strtab = sections[tab.sh_link]
@@ -125,7 +90,24 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
         # symbol in its error.
         return None
 
-    code = [s.is_code and s.index < nsec for s in sections]
+    # The records sections, each mapped in columns by its one in-order RELA
+    # section (elf/records.py, the mapping Sites are made from too).
+    work = []
+    for sec in records_sections(elf):
+        if sec.sh_type == SHT_NOBITS or sec.sh_size % RECORD_SIZE:
+            return None
+        if sec.sh_offset + sec.sh_size > len(data):
+            return None  # even an empty one: the general path refuses it (SHT_NULL)
+        count = sec.sh_size // RECORD_SIZE
+        if count == 0:
+            continue
+        columns_of = record_columns(elf, sec, count)
+        if columns_of is None:
+            return None
+        work.append(columns_of)
+    if not work:
+        return None
+
     codes: dict[int, Code] = {}  # read for the classifier when first needed
 
     pristine = rewritten = 0
@@ -133,48 +115,35 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
     # one per entry (two records of one entry mark it twice) without a sort.
     moved_code: dict[int, bytearray] = {}
     columns: list[EditColumn] = []
-    for rela, entries in work:
+    for mapped in work:
+        entries = mapped.entries
         # The r_addend of entry i is at file offset addend_base + 24 * i;
         # moved ones are updated in ``entries``, their indexes kept in ``moved``.
-        addend_base = rela.sh_offset + 16
+        addend_base = mapped.rela.sh_offset + 16
         old_addends = entries[2::3]
         moved = array("I")
         last = -1  # records of one section mostly point into one code section
-        size = 0
         c: Code | None = None
         movs = bytearray()
-        for i in range(len(entries) // 3):
-            r_info = entries[3 * i + 1]
-            if r_info & 0xFFFFFFFF != R_AARCH64_ABS64:
-                return None
-            r_sym = r_info >> 32
-            if not 0 < r_sym < nsyms:
-                return None
-            addend = entries[3 * i + 2]
-            shndx = (symbols[3 * r_sym] >> shndx_shift) & 0xFFFF
+        for i, (shndx, r) in enumerate(zip(mapped.targets, mapped.offsets, strict=True)):
             if shndx != last:
-                if not 0 < shndx < nsec or not code[shndx]:
-                    return None
+                if not shndx:
+                    return None  # not mapped in columns: the general path says why
                 c = codes.get(shndx)
                 if c is None:
                     c = codes[shndx] = code_of(elf, sections[shndx])
-                size = sections[shndx].sh_size
                 marks = moved_code.get(shndx)
                 if marks is None:
                     marks = moved_code[shndx] = bytearray(len(c.words))
                 movs = marks
                 last = shndx
-            # r_addend is signed (AAELF64 5.7.4: S + A).
-            r = symbols[3 * r_sym + 1] + (addend - (1 << 64) if addend >> 63 else addend)
-            if r < 0 or r + 8 > size:
-                return None  # the general path names the place
             state, _where, _owner, _layout, _why, mov, slot, _entry, _p = classify(c, r)  # type: ignore[arg-type]
             if state is _PRISTINE:
                 pristine += 1
                 movs[mov >> 2] = 1  # type: ignore[operator]  # entries start on the grid
                 # The record moves to the BL slot: two's complement, so the
                 # same for any addend.
-                entries[3 * i + 2] = (addend + slot - r) & _U64
+                entries[3 * i + 2] = (entries[3 * i + 2] + slot - r) & _U64
                 moved.append(i)
             elif state is _REWRITTEN:
                 rewritten += 1

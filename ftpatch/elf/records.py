@@ -10,11 +10,13 @@ only the first text section (GCC PR 110729).
 
 from __future__ import annotations
 
-import struct
+import sys
+from array import array
 from typing import NamedTuple
 
 from ftpatch.elf.reader import (
     R_AARCH64_ABS64,
+    RELA_SIZE,
     SHN_ABS,
     SHN_COMMON,
     SHN_LORESERVE,
@@ -98,7 +100,9 @@ def object_records(elf: ElfFile) -> list[RawRecord]:
             raise MalformedElfError(
                 elf.where(sec.name), "records relocated by SHT_REL, expected SHT_RELA"
             )
-        if len(relocs) == 1 and _in_order(elf, sec, relocs[0], count, records):
+        columns = record_columns(elf, sec, count)
+        if columns is not None:
+            _from_columns(elf, columns, records)
             continue
         by_offset: dict[int, tuple[int, int, int, int]] = {}
         for rela_sec in relocs:
@@ -140,43 +144,85 @@ def object_records(elf: ElfFile) -> list[RawRecord]:
     return records
 
 
-def _in_order(
-    elf: ElfFile, sec: Section, rela_sec: Section, count: int, out: list[RawRecord]
-) -> bool:
-    """The compilers' layout: one RELA entry per record, in record order.
+class RecordColumns(NamedTuple):
+    """The records of one records section relocated the compilers' way: one
+    SHT_RELA entry per record, in record order.  The one mapping of such
+    records, for the rewrite's columnar plan (fastpath.py) and for Sites
+    (``object_records``) alike.
 
-    Appends the records and returns True, or returns False (appending
-    nothing) so that the general path handles anything else.  This is the
-    hot loop of a vmlinux.o rewrite: tuples straight from ``iter_unpack``,
-    no per-entry objects but the result.
+    ``targets[i]`` is the index of the code section record ``i`` points into
+    and ``offsets[i]`` the offset there (S + A), or ``targets[i]`` is 0 where
+    this mapping does not take the record (another relocation type, no such
+    symbol, not code, or not a whole entry inside the section):
+    ``object_records`` then says why, and the columnar plan leaves the file
+    to the general path.
     """
-    if rela_sec.sh_entsize != 24 or rela_sec.sh_size != count * 24:
-        return False
-    entries = list(struct.iter_unpack(elf.endian + "QQq", elf.section_bytes(rela_sec)))
-    for i, entry in enumerate(entries):
-        if entry[0] != i * RECORD_SIZE:
-            return False
-    symbols = elf.raw_symbols
-    nsyms = len(symbols)
+
+    section: Section  # the records section
+    rela: Section
+    entries: array  # type: ignore[type-arg]  # "Q", host order: r_offset, r_info, r_addend
+    targets: array  # type: ignore[type-arg]  # "I"
+    offsets: array  # type: ignore[type-arg]  # "q"
+
+
+def record_columns(elf: ElfFile, sec: Section, count: int) -> RecordColumns | None:
+    """``count`` records of ``sec`` mapped in columns, or None when they are
+    not relocated the compilers' way (then each record is mapped alone)."""
+    relocs = elf.relas_for(sec)
+    if len(relocs) != 1:
+        return None
+    rela = relocs[0]
+    if rela.sh_type != SHT_RELA or rela.sh_entsize != RELA_SIZE:
+        return None
+    if rela.sh_size != count * RELA_SIZE:
+        return None
+    entries = elf.read_array("Q", rela.sh_offset, rela.sh_size)
+    if elf.big_endian != (sys.byteorder == "big"):
+        entries.byteswap()
+    if entries[0::3] != array("Q", range(0, count * RECORD_SIZE, RECORD_SIZE)):
+        return None
+    symbols = elf.symbol_words  # three words per symbol, host order
+    nsyms = len(symbols) // 3
+    shndx_shift = elf.symbol_shifts[2]
     sections = elf.sections
     nsec = min(len(sections), SHN_LORESERVE)
-    code = [s.is_code for s in sections]
-    first = len(out)
-    append = out.append
-    base = rela_sec.sh_offset + 16
-    for i, (_, r_info, r_addend) in enumerate(entries):
+    # Whole entries only (8 bytes: a pristine record's two words); a site
+    # ending its section is mapped alone, which allows a rewritten record
+    # on its last word.
+    last = [s.sh_size - 8 if s.is_code else -1 for s in sections[:nsec]]
+    targets, offsets = array("I", bytes(4 * count)), array("q", bytes(8 * count))
+    for i in range(count):
+        r_info = entries[3 * i + 1]
         r_sym = r_info >> 32
-        if r_info & 0xFFFFFFFF == R_AARCH64_ABS64 and 0 < r_sym < nsyms:
-            sym = symbols[r_sym]
-            shndx = sym[3]
-            if 0 < shndx < nsec and code[shndx]:
-                target = sections[shndx]
-                offset = sym[4] + r_addend
-                if 0 <= offset <= target.sh_size - 8:
-                    append(RawRecord(sec, i, base + 24 * i, r_addend, target, offset))
-                    continue
-        append(_map_record(elf, sec, i, base + 24 * i, r_sym, r_info & 0xFFFFFFFF, r_addend))
-    return len(out) - first == count
+        if r_info & 0xFFFFFFFF != R_AARCH64_ABS64 or not 0 < r_sym < nsyms:
+            continue
+        shndx = (symbols[3 * r_sym] >> shndx_shift) & 0xFFFF
+        if not 0 < shndx < nsec:
+            continue
+        addend = entries[3 * i + 2]
+        # r_addend is signed (AAELF64 5.7.4: S + A).
+        offset = symbols[3 * r_sym + 1] + (addend - (1 << 64) if addend >> 63 else addend)
+        if 0 <= offset <= last[shndx]:
+            targets[i] = shndx
+            offsets[i] = offset
+    return RecordColumns(sec, rela, entries, targets, offsets)
+
+
+def _from_columns(elf: ElfFile, columns: RecordColumns, out: list[RawRecord]) -> None:
+    """Sites' records from the columns; those the columns do not map, alone."""
+    sec, entries = columns.section, columns.entries
+    sections = elf.sections
+    base = columns.rela.sh_offset + 16
+    for i, (shndx, offset) in enumerate(zip(columns.targets, columns.offsets, strict=True)):
+        addend = entries[3 * i + 2]
+        r_addend = addend - (1 << 64) if addend >> 63 else addend
+        if shndx:
+            out.append(RawRecord(sec, i, base + 24 * i, r_addend, sections[shndx], offset))
+        else:
+            r_info = entries[3 * i + 1]
+            out.append(
+                _map_record(elf, sec, i, base + 24 * i, r_info >> 32, r_info & 0xFFFFFFFF, r_addend)
+            )
 
 
 def _map_record(
