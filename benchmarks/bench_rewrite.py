@@ -1,7 +1,8 @@
 """Rewrite speed and memory, for the issue notes (never a timed test).
 
 Needs the inputs of benchmarks/generate.py.  Reports:
-- wall time and peak RSS of ``ftpatch rewrite big.o`` (30,000+ records, ld -r),
+- wall time, CPU time (user + system, the minimum: what load beside it
+  changes least) and peak RSS of ``ftpatch rewrite big.o`` (30,000+ records, ld -r),
   beside ``cp big.o`` (the floor of any rewrite), and the peak RSS above that
   of ``python3 -c 'import typer'`` (the floor of any typer CLI);
 - wall time of ``ftpatch rewrite one.o`` beside ``python3 -c pass`` and
@@ -43,6 +44,20 @@ def wall(cmd: list[str]) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"{cmd}: exit {proc.returncode}: {proc.stderr.decode()}")
     return time.perf_counter() - start
+
+
+def cpu_seconds(cmd: list[str]) -> float:
+    """User + system CPU seconds of one run of ``cmd`` (``wait4``'s rusage).
+
+    Unlike wall time, hardly changed by other load on the machine (a kernel
+    build beside the benchmark): compare trees by it, taking the minimum.
+    """
+    devnull = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]
+    pid = os.posix_spawnp(cmd[0], cmd, os.environ, file_actions=devnull)
+    _, status, usage = os.wait4(pid, 0)
+    if status != 0:
+        raise SystemExit(f"{cmd}: wait status {status}")
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss(cmd: list[str]) -> int:
@@ -170,6 +185,9 @@ def main() -> None:
             return str(dst)
 
         big_wall, big_rss = median_run(lambda: [*FTPATCH, "rewrite", "-q", fresh(big)])
+        big_cpu = min(
+            cpu_seconds([*FTPATCH, "rewrite", "-q", fresh(big)]) for _ in range(REPEAT)
+        )
         cp_wall, _ = median_run(lambda: ["cp", str(big), str(work / "cp.o")])
         small_wall, _ = median_run(lambda: [*FTPATCH, "rewrite", "-q", fresh(one)])
         pass_wall, _ = median_run(lambda: [sys.executable, "-c", "pass"])
@@ -195,6 +213,7 @@ def main() -> None:
             "big_records": records,
             "big_bytes": size,
             "big_rewrite_s": round(big_wall, 4),
+            "big_rewrite_cpu_min_s": round(big_cpu, 4),
             "big_peak_rss_mib": round(big_rss / 1024, 1),
             "big_peak_rss_over_file_size": round(big_rss * 1024 / size, 2),
             # The interpreter with typer loaded is a fixed cost of any typer
@@ -211,8 +230,10 @@ def main() -> None:
             "batch_files_per_s_j1": round(rates[1], 1),
             "batch_files_per_s_j2": round(rates[2], 1),
         }
+        # Issue 14's "Must hold" (on a quiet 2-core machine).
         targets = {
-            "big_rewrite_s <= 0.5": result["big_rewrite_s"] <= 0.5,
+            "big_rewrite_s <= 0.30": result["big_rewrite_s"] <= 0.30,
+            "big_peak_rss_mib <= 26": result["big_peak_rss_mib"] <= 26,
             "per_record_us <= 5": result["per_record_us"] <= 5,
             "small_over_typer <= 1.3": result["small_over_typer"] <= 1.3,
             "big_peak_rss_over_file_size <= 3": result["big_peak_rss_over_file_size"] <= 3,
