@@ -107,6 +107,10 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
         work.append(columns_of)
     if not work:
         return None
+    # The function entries are all the classifier needs of the symbol table:
+    # read them now, and let the table's words go before the code is read.
+    elf.function_entries  # noqa: B018
+    elf.drop_symbol_words()
 
     codes: dict[int, Code] = {}  # read for the classifier when first needed
 

@@ -431,6 +431,11 @@ class ElfFile:
             words.byteswap()
         return words
 
+    def drop_symbol_words(self) -> None:
+        """Free ``symbol_words`` (read again if asked for again): the rewrite
+        of a big object needs its memory back once the columns are made."""
+        self.__dict__.pop("symbol_words", None)
+
     @property
     def symbol_shifts(self) -> tuple[int, int, int]:
         """Shifts of st_name, st_info and st_shndx in a symbol's word 0."""
