@@ -4,9 +4,11 @@ A ``vmlinux.o`` has tens of thousands of records, and building a ``Site`` (a
 Record, a Location, a Layout) and two ``Edit`` objects for each costs more
 than the whole rewrite budget (benchmarks/bench_rewrite.py, issue 4).  This
 module plans the same edits as ``scan`` + ``plan`` straight from the file's
-tables, read as ``array`` columns (RELA entries, symbol words, instruction
-words), and hands the writer the same contract plan.py does: edit columns
-of (file offset, old bytes, new bytes), which it checks in bulk.
+tables, read as ``array`` columns: the records mapped by
+``records.record_columns`` (the mapping Sites are made from too), the
+function entries and the instruction words; it hands the writer the same
+contract plan.py does: edit columns of (file offset, old bytes, new
+bytes), which the writer checks in bulk.
 
 It takes only what the compilers emit: relocatable objects whose records
 sections each have one in-order RELA section of ``R_AARCH64_ABS64`` entries.

@@ -6,6 +6,10 @@ value is the addend of an ``R_AARCH64_ABS64`` RELA entry against a symbol
 never through the records section's ``sh_link``: GCC 11/12 with
 ``-ffunction-sections`` emits one records section whose ``sh_link`` names
 only the first text section (GCC PR 110729).
+
+The compilers' layout (one RELA entry per record, in record order) is
+mapped in columns by ``record_columns``, for the rewrite's columnar plan and
+for Sites alike; anything else record by record.
 """
 
 from __future__ import annotations
