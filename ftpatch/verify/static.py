@@ -48,6 +48,7 @@ _PROBLEM_CHECKS = {
     Problem.NO_MOV: (CHECK_MOV,),
     Problem.NO_MOV_NOR_NOP: (CHECK_MOV, CHECK_SLOT_WORD),
     Problem.SLOT_NOT_NOP: (CHECK_SLOT_WORD,),
+    Problem.PREFIX_UNKNOWN: (CHECK_SCAN,),
     Problem.OTHER: (CHECK_SCAN,),
 }
 
