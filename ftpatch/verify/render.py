@@ -265,6 +265,33 @@ def _emulation_dict(e: Emulation | None) -> dict[str, Any] | None:
     return {"id": e.id, "file": file, "site": site, "reused": e.reused}
 
 
+def _cmodx_dict() -> dict[str, Any]:
+    """The permitted set verify checked against, and what each entry rests on."""
+    return {
+        "revision": arm64.CMODX_REVISION,
+        "permitted": list(arm64.CMODX_PERMITTED),
+        "entries": [
+            {
+                "name": e.name,
+                "permitted": e.permitted,
+                "source": e.source.key,
+                "note": e.note,
+            }
+            for e in arm64.CMODX_ENTRIES
+        ],
+        "sources": {
+            s.key: {
+                "cite": s.cite,
+                "document": s.document,
+                "section": s.section,
+                "quoted_by": s.quoted_by,
+                "listed": list(s.listed),
+            }
+            for s in arm64.CMODX_SOURCES
+        },
+    }
+
+
 def report_dict(report: VerifyReport) -> dict[str, Any]:
     t = report.trampoline
     return {
@@ -273,7 +300,7 @@ def report_dict(report: VerifyReport) -> dict[str, Any]:
         "scheme": report.scheme.value,
         "ok": report.ok,
         "trampoline": None if t is None else {"name": t.name, "address": t.address},
-        "cmodx": {"revision": arm64.CMODX_REVISION, "permitted": list(arm64.CMODX_PERMITTED)},
+        "cmodx": _cmodx_dict(),
         "prefix_words": report.prefix_words,
         "synthetic_addresses": report.synthetic_addresses,
         "sites": len(report.sites),

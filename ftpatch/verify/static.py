@@ -6,7 +6,8 @@ layout, the 8-byte ops literal before the symbol 8-byte aligned (Linux
 CALL_OPS selects FUNCTION_ALIGNMENT_8B); no relocation rewriting the MOV or
 the slot, and none but the site's own record pointing at the slot; every
 runtime transition changing exactly one aligned word with both words in the
-permitted set of ARM DDI 0487 B2.2.5 (``arm64.CMODX_PERMITTED``); in a linked
+default CMODX set (``arm64.CMODX_PERMITTED``, the ARMv8-A ARM issue A.a list,
+each entry's citation in ``arm64.CMODX_ENTRIES``); in a linked
 image, the BL from the slot reaching the trampoline (+-128 MiB).
 """
 
@@ -68,6 +69,14 @@ def _describe(word: int, address: int, names: dict[int, str]) -> str:
         target = arm64.bl_target(address, word)
         return f"bl {names.get(target, hex(target))} ({word:08x})"
     return arm64.describe(word)
+
+
+def _outside(word: int) -> str:
+    """``isb (d5033fdf)``, saying where a word listed only by a later text is listed."""
+    entry = arm64.cmodx_entry(word)
+    if entry is None:
+        return arm64.describe(word)
+    return f"{arm64.describe(word)}, listed only by {entry.source.cite}"
 
 
 def _permitted() -> str:
@@ -644,7 +653,7 @@ class FileChecker:
             )
         for o, old, new in t.stores:
             if not arm64.cmodx_permitted(old, new):
-                outside = [arm64.describe(w) for w in (old, new) if arm64.cmodx_class(w) is None]
+                outside = [_outside(w) for w in (old, new) if not arm64.cmodx_permitted(w, w)]
                 yield Finding(
                     CHECK_CMODX_PAIR,
                     self._locate(site, sec, o),
