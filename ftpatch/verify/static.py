@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ftpatch import arm64
-from ftpatch.elf.reader import SHT_RELA, ElfFile, Section
-from ftpatch.elf.records import RECORDS_SECTION, reloc_name
+from ftpatch.elf.reader import ElfFile, Section
+from ftpatch.elf.records import reloc_name
 from ftpatch.model import Location, Problem, Site, State
 from ftpatch.scan import ScanResult
 from ftpatch.verify.emulate import Case, Store
@@ -41,6 +41,7 @@ from ftpatch.verify.findings import (
     Scheme,
     Trampoline,
 )
+from ftpatch.verify.relocs import LINKED, RelocationIndex
 
 # The finding each of the classifier's reasons for an invalid site is.
 _PROBLEM_CHECKS = {
@@ -56,11 +57,6 @@ _PROBLEM_CHECKS = {
 # section at this base (same page offsets, so alignment is what the file says).
 SYNTHETIC_BASE = 0x4000_0000
 MAX_PREFIX_SCAN = 4  # words looked at before a function symbol
-
-
-def _reloc_size(r_type: int) -> int:
-    """Bytes a relocation writes (AAELF64 5.7): 8 for the 64-bit data ones, else 4."""
-    return 8 if r_type in (257, 260, 1024, 1025, 1026, 1027, 1028, 1030, 1031) else 4
 
 
 def _describe(word: int, address: int, names: dict[int, str]) -> str:
@@ -81,16 +77,6 @@ def _outside(word: int) -> str:
 
 def _permitted() -> str:
     return f"{arm64.CMODX_REVISION}: {', '.join(arm64.CMODX_PERMITTED)}"
-
-
-@dataclass(frozen=True)
-class _Ref:
-    """A relocation whose S + A lands in a code section."""
-
-    where: str  # e.g. ".rela.text entry 3" or "__patchable_function_entries[2]"
-    r_type: int
-    value_file_offset: int  # of its r_addend, to tell a site's own record apart
-    is_record: bool
 
 
 @dataclass(frozen=True)
@@ -126,9 +112,8 @@ class FileChecker:
         self.linked = result.linked
         self._code = sorted((s for s in self.elf.sections if s.is_code), key=lambda s: s.sh_offset)
         self._code_starts = [s.sh_offset for s in self._code]
-        self._applied: dict[int, dict[int, tuple[str, int]]] | None = None
+        self._relocs: RelocationIndex | None = None
         self._branches: dict[int, list[tuple[Section, int, int]]] | None = None
-        self._targets: dict[tuple[int, int], list[_Ref]] | None = None
         self._tramp_names: dict[int, str] = {}
         self.prefix_words = self._infer_prefix()
 
@@ -202,81 +187,42 @@ class FileChecker:
 
     # -- relocations -------------------------------------------------------------
 
-    def _index_relocations(self) -> None:
-        applied: dict[int, dict[int, tuple[str, int]]] = {}
-        targets: dict[tuple[int, int], list[_Ref]] = {}
-        elf = self.elf
-        for rela in elf.sections:
-            if rela.sh_type != SHT_RELA or rela.sh_entsize != 24:
-                continue
-            applies_to = (
-                elf.sections[rela.sh_info] if 0 < rela.sh_info < len(elf.sections) else None
-            )
-            is_record = applies_to is not None and (
-                applies_to.name == RECORDS_SECTION
-                or applies_to.name.startswith(RECORDS_SECTION + ".")
-            )
-            for n, r in enumerate(elf.iter_rela(rela)):
-                if self.linked:
-                    # Dynamic relocations: r_offset is an address.
-                    applied.setdefault(-1, {})[r.r_offset] = (f"{rela.name} entry {n}", r.r_type)
-                    continue
-                if applies_to is not None and applies_to.is_code:
-                    applied.setdefault(applies_to.index, {})[r.r_offset] = (
-                        f"{rela.name} entry {n}",
-                        r.r_type,
-                    )
-                if not 0 < r.r_sym < elf.symbol_count:
-                    continue
-                shndx = elf.symbol_shndx(r.r_sym)
-                if not 0 < shndx < len(elf.sections) or not elf.sections[shndx].is_code:
-                    continue
-                where = (
-                    f"{applies_to.name}[{r.r_offset // 8}]"
-                    if is_record and applies_to
-                    else f"{rela.name} entry {n}"
-                )
-                target = elf.symbol_value(r.r_sym) + r.r_addend
-                targets.setdefault((shndx, target), []).append(
-                    _Ref(where, r.r_type, r.file_offset + 16, is_record)
-                )
-        self._applied, self._targets = applied, targets
+    @property
+    def relocs(self) -> RelocationIndex:
+        if self._relocs is None:
+            self._relocs = RelocationIndex(self.elf, self.linked)
+        return self._relocs
 
     def _relocation_findings(
         self, site: Site, index: int, sec: Section, mov: int | None, slot: int
     ) -> Iterator[Finding]:
-        if self._applied is None or self._targets is None:
-            self._index_relocations()
-        assert self._applied is not None and self._targets is not None
+        relocs = self.relocs
         words = [("BL slot", slot)] + ([("mov x9, x30", mov)] if mov is not None else [])
-        applied = self._applied.get(-1 if self.linked else sec.index, {})
+        bucket = LINKED if self.linked else sec.index
         for what, off in words:
-            key_base = self.address(sec, off) if self.linked else off
-            for k in range(key_base - 7, key_base + 4):
-                hit = applied.get(k)
-                if hit is not None and k + _reloc_size(hit[1]) > key_base:
-                    yield Finding(
-                        CHECK_RELOCATION,
-                        self._locate(site, sec, off),
-                        f"{reloc_name(hit[1])} ({hit[0]}) rewrites the {what} at link time",
-                        site=index,
-                    )
+            start = self.address(sec, off) if self.linked else off
+            for where, r_type in relocs.overlapping(bucket, start):
+                yield Finding(
+                    CHECK_RELOCATION,
+                    self._locate(site, sec, off),
+                    f"{reloc_name(r_type)} ({where}) rewrites the {what} at link time",
+                    site=index,
+                )
         if self.linked:
             return
         own = site.record.value_file_offset
-        for ref in self._targets.get((sec.index, slot), []):
-            if ref.value_file_offset != own:
-                what = "a second record" if ref.is_record else "code"
-                yield Finding(
-                    CHECK_RELOCATION,
-                    self._locate(site, sec, slot),
-                    f"{what} ({ref.where}, {reloc_name(ref.r_type)}) points at the BL "
-                    "slot: it would enter the function past the mov x9, x30",
-                    site=index,
-                )
+        for ref in relocs.pointing_at(sec.index, slot, other_than=own):
+            what = "a second record" if ref.is_record else "code"
+            yield Finding(
+                CHECK_RELOCATION,
+                self._locate(site, sec, slot),
+                f"{what} ({ref.where}, {reloc_name(ref.r_type)}) points at the BL "
+                "slot: it would enter the function past the mov x9, x30",
+                site=index,
+            )
         if mov is not None:
-            for ref in self._targets.get((sec.index, mov), []):
-                if ref.is_record and ref.value_file_offset != own:
+            for ref in relocs.pointing_at(sec.index, mov, other_than=own):
+                if ref.is_record:
                     yield Finding(
                         CHECK_RELOCATION,
                         self._locate(site, sec, mov),
@@ -318,9 +264,7 @@ class FileChecker:
         itself is an ordinary call."""
         import re
 
-        if self._applied is None:
-            self._index_relocations()
-        assert self._applied is not None
+        relocs = self.relocs
         inner = self._inner_words()
         hits: dict[int, list[tuple[Section, int, int]]] = {}
         if not inner:
@@ -330,7 +274,7 @@ class FileChecker:
         pattern = re.compile(b"[" + re.escape(arm64.BRANCH_TOP_BYTES) + b"]")
         data = self.elf.data
         for sec in self._code:
-            relocated = self._applied.get(-1 if self.linked else sec.index, {})
+            bucket = LINKED if self.linked else sec.index
             base = self.address(sec, 0) if self.linked else 0
             start, end = sec.sh_offset, sec.sh_offset + sec.sh_size
             for m in pattern.finditer(data, start + 3, end):
@@ -344,13 +288,13 @@ class FileChecker:
                     continue
                 if self.linked:
                     site = by_address.get(base + target)
-                    if site is None or (base + offset) in relocated:
+                    if site is None or relocs.is_applied(bucket, base + offset):
                         continue
                 else:
                     if wanted is not None and target not in wanted:
                         continue
                     site = inner.get((sec.index, target))
-                    if site is None or offset in relocated:
+                    if site is None or relocs.is_applied(bucket, offset):
                         continue
                 hits.setdefault(site, []).append((sec, offset, word))
         return hits
