@@ -6,36 +6,51 @@ Nothing here prints: ``cli.py`` does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ftpatch import arm64
 from ftpatch.verify.emulate import Counterexample, Emulation
 from ftpatch.verify.findings import Finding, SiteResult, VerifyReport
 
 
+class _Region(NamedTuple):
+    """A named address range of a trace.  A function's prefix words are
+    named by how far they lie before the function (``func-0x8``), counted
+    back from the region's end; everything else from its start."""
+
+    start: int
+    size: int
+    name: str
+    before: bool = False
+
+
 class _Labels:
     """Names for the addresses of a counterexample: caller, function, trampolines."""
 
     def __init__(self, report: VerifyReport, site: SiteResult | None, ce: Counterexample) -> None:
-        self.regions: list[tuple[int, int, str]] = [(ce.caller, 8, "caller")]
+        self.regions: list[_Region] = [_Region(ce.caller, 8, "caller")]
         tramp_name = (
             report.trampoline.name if report.trampoline and report.trampoline.name else "trampoline"
         )
         names = [tramp_name, "trampoline2"]
         for n, t in enumerate(ce.case.trampolines):
-            self.regions.append((t, 0x100, names[n] if n < len(names) else f"trampoline{n + 1}"))
+            self.regions.append(
+                _Region(t, 0x100, names[n] if n < len(names) else f"trampoline{n + 1}")
+            )
         if site is not None and site.site.function is not None:
-            self.regions.append((ce.case.entry, 0x10000, site.site.function))
+            self.regions.append(_Region(ce.case.entry, 0x10000, site.site.function))
             if ce.case.start < ce.case.entry:
                 self.regions.append(
-                    (ce.case.start, ce.case.entry - ce.case.start, f"{site.site.function}-prefix")
+                    _Region(
+                        ce.case.start, ce.case.entry - ce.case.start, site.site.function, True
+                    )
                 )
 
     def __call__(self, address: int) -> str:
-        for start, size, name in self.regions:
+        for start, size, name, before in self.regions:
             if start <= address < start + size:
-                if name.endswith("-prefix"):
-                    return f"{name[:-7]}-{start + size - address:#x}"
+                if before:
+                    return f"{name}-{start + size - address:#x}"
                 return f"{name}+{address - start:#x}"
         return f"{address:#x}"
 
