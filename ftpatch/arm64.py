@@ -180,8 +180,21 @@ CMODX_LATER_BRANCHES = CmodxSource(
     section='B2.2.5 "Concurrent modification and execution of instructions"',
     quoted_by="herdtools7 herd/AArch64Arch_herd.ml (is_cmodx_restricted_instruction); "
     "herdtools7 pull request 1809",
-    listed=("B", "B.cond", "BL", "BRK", "CBNZ", "CBZ", "HVC", "ISB", "NOP", "SMC", "SVC",
-            "TBNZ", "TBZ"),
+    listed=(
+        "B",
+        "B.cond",
+        "BL",
+        "BRK",
+        "CBNZ",
+        "CBZ",
+        "HVC",
+        "ISB",
+        "NOP",
+        "SMC",
+        "SVC",
+        "TBNZ",
+        "TBZ",
+    ),
 )
 
 CMODX_SOURCES = (CMODX_ARMV8_A_A, CMODX_LATER_ISB, CMODX_LATER_BRANCHES)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from ftpatch import arm64
-from ftpatch.verify.emulate import Counterexample, Emulation
+from ftpatch.verify.data import Counterexample, Emulation
 from ftpatch.verify.findings import Finding, SiteResult, VerifyReport
 
 
@@ -41,9 +41,7 @@ class _Labels:
             self.regions.append(_Region(ce.case.entry, 0x10000, site.site.function))
             if ce.case.start < ce.case.entry:
                 self.regions.append(
-                    _Region(
-                        ce.case.start, ce.case.entry - ce.case.start, site.site.function, True
-                    )
+                    _Region(ce.case.start, ce.case.entry - ce.case.start, site.site.function, True)
                 )
 
     def __call__(self, address: int) -> str:
