@@ -7,16 +7,16 @@ trampolines the BL words call.  A caller stub does ``BL entry``; each
 trampoline honours the kernel's ``ftrace_caller`` contract (entry-ftrace.S):
 it logs (X9, X30), restores X30 from X9 and returns to the old X30.
 
-Model (ARM DDI 0487 B2.2.5 and the herd7 ``-variant ifetch`` results in
-ARM64-FTRACE.md): the patcher's stores take effect between the executing
-CPU's instruction fetches, and with no synchronisation between fetches of
-different words each fetch of a changed word may see its old or its new
-value.  The engine explores every such choice, depth first, re-running the
-entry from the caller stub for each one, and checks at the first body
-instruction that X30 is the caller's return address, that SP and X19-X29 are
-unchanged, and that a trampoline ran at most once and saw X9 = the caller's
-return address.  A violating interleaving is re-run with a per-instruction
-trace so that it can be printed step by step.
+Model (the Arm ARM's concurrent modification rules, ``arm64.CMODX_ENTRIES``,
+and the herd7 ``-variant ifetch`` results in ARM64-FTRACE.md): the patcher's
+stores take effect between the executing CPU's instruction fetches, and with
+no synchronisation between fetches of different words each fetch of a changed
+word may see its old or its new value. The engine explores every such choice,
+depth first, re-running the entry from the caller stub for each one, and
+checks at the first body instruction that X30 is the caller's return address,
+that SP and X19-X29 are unchanged, and that a trampoline ran at most once and
+saw X9 = the caller's return address. A violating interleaving is re-run with
+a per-instruction trace so that it can be printed step by step.
 
 Sharing (issue 15): running unicorn costs far more than judging a result, and
 most entries of a file are the same few words.  ``explore`` records what a run
