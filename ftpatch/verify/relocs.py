@@ -15,7 +15,6 @@ from __future__ import annotations
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ftpatch.elf.reader import RELA_SIZE, SHT_RELA, ElfFile, Section
@@ -128,24 +127,28 @@ class RelocationIndex:
 
     # -- the questions -----------------------------------------------------------------
 
-    def overlapping(self, bucket: int, start: int) -> Iterator[tuple[str, int]]:
+    def overlapping(self, bucket: int, start: int) -> list[tuple[str, int]]:
         """(where, r_type) of each relocation of ``bucket`` (a code section's
         index, or ``LINKED``) that writes a byte of the word at ``start``; of
         several at one r_offset, the last in the file."""
         column = self._applied.get(bucket)
         if column is None:
-            return
+            return []
         keys = column.keys
         i = bisect_left(keys, start - 7)
         end = len(keys)
+        if i == end or keys[i] >= start + 4:
+            return []  # the common case, one bisection and no list built
+        hits = []
         while i < end and keys[i] < start + 4:
             k = keys[i]
             while i + 1 < end and keys[i + 1] == k:
                 i += 1  # the last at this offset, as a dict keyed by r_offset kept
             rela, n, _r_offset, r_type = self._entry(column.entries[i])
             if k + reloc_size(r_type) > start:
-                yield f"{rela.name} entry {n}", r_type
+                hits.append((f"{rela.name} entry {n}", r_type))
             i += 1
+        return hits
 
     def is_applied(self, bucket: int, offset: int) -> bool:
         """Whether a relocation of ``bucket`` has its r_offset at ``offset``."""
@@ -164,6 +167,8 @@ class RelocationIndex:
             return []
         keys = column.keys
         lo = bisect_left(keys, target)
+        if lo == len(keys) or keys[lo] != target:
+            return []
         refs = []
         for i in range(lo, bisect_right(keys, target, lo)):
             entry = column.entries[i]
