@@ -12,11 +12,14 @@ vmlinux.o or vmlinux, ``benchmarks/generate.py``'s big.o, rewritten): each
 run in a fresh process, so that its peak RSS is its own, split into the
 scan, the static checks (FileChecker) and the emulation, with how many
 emulations ran and how many transitions reused one (emulate.py, "Sharing").
-Times are medians of --repeat runs; the load average is printed with them,
-since the machine may be busy.
+Times are medians of --repeat runs, with CPU time (user + sys, the figure to
+compare on a busy machine); the load average is printed with them.  With
+``--jobs N`` (repeatable) all the files are also verified in one ``-j N``
+command.  Issue 15's bounds: peak RSS <= 100 MiB for one file.
 
 Usage: python3 benchmarks/bench_verify.py [--funcs 3000] [--bti] [--repeat 3] [--keep DIR]
        python3 benchmarks/bench_verify.py --file vmlinux.o --file vmlinux [--repeat 3]
+           [--jobs 1 --jobs 2]
 """
 
 from __future__ import annotations
@@ -115,16 +118,44 @@ def phases(path: str) -> dict[str, object]:
     }
 
 
-def whole(path: str) -> tuple[float, int, float]:
-    """``ftpatch verify PATH`` as a user runs it: wall time, exit status and
-    that process's own peak RSS in MiB (os.wait4 gives its rusage alone)."""
+def whole(*args: str) -> tuple[float, int, float, float]:
+    """``ftpatch verify ARGS`` as a user runs it: wall time, exit status, that
+    process's own peak RSS in MiB and its CPU time (user + sys; os.wait4
+    gives its rusage alone).  CPU time is the figure to compare on a busy
+    machine; with -j N the workers are its children, whose CPU time and
+    peak RSS wait4 does not include (see bench_jobs)."""
     t0 = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "ftpatch", "verify", path], cwd=ROOT,
+    child = subprocess.Popen([sys.executable, "-m", "ftpatch", "verify", *args], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _pid, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - t0
     child.returncode = os.waitstatus_to_exitcode(status)
-    return wall, child.returncode, usage.ru_maxrss / 1024
+    return wall, child.returncode, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+
+
+def bench_jobs(paths: list[str], repeat: int, jobs: list[int]) -> None:
+    """All ``paths`` in one ``ftpatch verify -j N`` (the parallelism is per
+    file): wall time, and CPU time and the largest peak RSS of the command
+    and its workers together, from a wrapper process's RUSAGE_CHILDREN."""
+    for n in jobs:
+        walls, cpus, peaks = [], [], []
+        for _ in range(repeat):
+            code = ("import resource, subprocess, sys, time\n"
+                    "t0 = time.perf_counter()\n"
+                    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+                    "stderr=subprocess.DEVNULL)\n"
+                    "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+                    "print(time.perf_counter() - t0, u.ru_utime + u.ru_stime, u.ru_maxrss)")
+            out = subprocess.run(
+                [sys.executable, "-c", code, sys.executable, "-m", "ftpatch", "verify",
+                 "-j", str(n), *paths], cwd=ROOT, capture_output=True, text=True, check=True)
+            wall, cpu, peak = out.stdout.split()
+            walls.append(float(wall))
+            cpus.append(float(cpu))
+            peaks.append(int(peak) / 1024)
+        print(f"verify -j {n} over {len(paths)} file(s): {statistics.median(walls):7.3f}s wall, "
+              f"{statistics.median(cpus):7.3f}s CPU (all processes), largest peak RSS "
+              f"{max(peaks):6.1f} MiB; load {os.getloadavg()[0]:.1f}")
 
 
 def bench_files(paths: list[str], repeat: int) -> int:
@@ -132,14 +163,16 @@ def bench_files(paths: list[str], repeat: int) -> int:
     for path in paths:
         runs = []
         walls = []
+        cpus = []
         rss = 0.0
         for _ in range(repeat):
             child = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), "--phases", path],
                 cwd=ROOT, capture_output=True, text=True, check=True)
             runs.append(json.loads(child.stdout))
-            wall, exit_status, peak = whole(path)
+            wall, exit_status, peak, cpu = whole(path)
             walls.append(wall)
+            cpus.append(cpu)
             rss = max(rss, peak)
             status = max(status, exit_status)
         med = {k: statistics.median(float(r[k]) for r in runs)
@@ -148,7 +181,8 @@ def bench_files(paths: list[str], repeat: int) -> int:
         wall = statistics.median(walls)
         print(f"{path}: {first['sites']} sites, ok={first['ok']}, median of {repeat}, "
               f"load {os.getloadavg()[0]:.1f}")
-        print(f"  ftpatch verify (whole command)   {wall:7.3f}s wall, peak RSS {rss:6.1f} MiB")
+        print(f"  ftpatch verify (whole command)   {wall:7.3f}s wall, "
+              f"{statistics.median(cpus):7.3f}s CPU, peak RSS {rss:6.1f} MiB")
         print(f"  verify_file                      {med['verify_file']:7.3f}s "
               f"({int(first['sites']) / med['verify_file']:.0f} sites/s)")
         total = med["scan"] + med["static"] + med["emulation"]
@@ -168,13 +202,18 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="build here and keep the files")
     ap.add_argument("--file", action="append", default=[],
                     help="time this file (repeatable) instead of building one")
+    ap.add_argument("--jobs", type=int, action="append", default=[],
+                    help="with --file: also time all the files in one verify -j N (repeatable)")
     ap.add_argument("--phases", help=argparse.SUPPRESS)  # child process of --file
     args = ap.parse_args()
     if args.phases:
         print(json.dumps(phases(args.phases)))
         return 0
     if args.file:
-        return bench_files(args.file, args.repeat)
+        status = bench_files(args.file, args.repeat)
+        if args.jobs:
+            bench_jobs(args.file, args.repeat, args.jobs)
+        return status
     if shutil.which(CC) is None:
         print(f"bench_verify: {CC} not found", file=sys.stderr)
         return 2

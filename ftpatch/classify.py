@@ -16,8 +16,15 @@ The rules, in order (a site is ``[prefix NOPs] [BTI C] first ; slot``):
    starts after it with only NOPs between and no function owns the MOV:
    then the MOV is in that function's prefix (the CALL_OPS ops literal),
    callers enter past it, and the site is invalid (issue 12).
-2. With no function symbol on or just before the record, the words decide:
-   ``nop ; nop`` is pristine.
+2. With no function symbol on or just before the record (an overridden weak
+   function, whose code and record an ``ld -r`` keeps without its symbol;
+   hand-written code), the words decide, and only what they prove: the
+   record on ``nop ; nop`` followed by neither a NOP nor a BTI cannot be in a
+   prefix, so it is pristine with no prefix.  Anything else may be M prefix
+   NOPs of ``-fpatchable-function-entry=N,M`` (the MOV then belongs M words
+   further): the prefix length the file's function-symbol sites show
+   (``Code.prefix``, set by ``scan_elf``) decides, and without one the site
+   is invalid (``Problem.PREFIX_UNKNOWN``), never guessed.
 3. Otherwise the function symbol decides: the record on its entry (or in the
    NOPs before it) is pristine when the entry is ``nop ; nop``; every other
    combination is invalid, with the reason (half rewritten, landing pad, ...).
@@ -77,6 +84,9 @@ class Code(NamedTuple):
     # Where the last search in ``starts`` ended (records come in address
     # order, mostly): a guess that spares the binary search, never a result.
     cursor: list[int]
+    # Prefix NOPs before every function entry of the file, as its sites with
+    # a function symbol show them (scan_elf); None: not known.
+    prefix: int | None = None
 
     def function(self, owner: int) -> str | None:
         return self.symbol_name(self.symbols[owner]) if owner >= 0 else None
@@ -206,11 +216,14 @@ def classify(code: Code, r: int) -> Verdict:
             _REWRITTEN, r, owner, layout, None, r - 4, r, entry if entry >= 0 else None
         )
     if v is None or v < r - 8:
-        # No function symbol for this entry (hand-written code, a stripped
-        # local function): the words decide.
+        # No function symbol for this entry (an overridden weak function,
+        # hand-written code): the words decide, as far as they prove.
         if w0 == NOP and w1 == NOP:
-            layout = _layout(0, w_prev in _BTI)
-            return Verdict(_PRISTINE, r, owner, layout, None, r, r + 4)
+            w2 = word_at(code, r + 8)
+            if w2 != NOP and w2 not in _BTI:
+                layout = _layout(0, w_prev in _BTI)
+                return Verdict(_PRISTINE, r, owner, layout, None, r, r + 4)
+            return _by_prefix(code, r, owner, w_prev)
         bad = r if w0 != NOP else r + 4
         # (nop then no nop: read as a slot without its mov; mov then no nop:
         # a slot holding something else.)
@@ -261,6 +274,40 @@ def classify(code: Code, r: int) -> Verdict:
         return Verdict(_INVALID, r, owner, layout, why, None, None, None, Problem.OTHER)
     why = f"record is not at the entry of {code.function(owner)}: {_found(code, r, _EXPECT_NOP)}"
     return Verdict(_INVALID, r, owner, None, why, None, None, None, Problem.OTHER)
+
+
+def _by_prefix(code: Code, r: int, owner: int, w_prev: int | None) -> Verdict:
+    """A record with no function symbol on ``nop ; nop ; nop`` (or ``nop ;
+    nop ; bti``): its prefix length is the file's (``code.prefix``), if known."""
+    p = code.prefix
+    if p is None:
+        why = (
+            "no function symbol at the record, and its words fit more than one layout "
+            f"({_words(code, r, 4)}): how many of the NOPs are a prefix "
+            "(-fpatchable-function-entry=N,M) is not known"
+        )
+        return Verdict(_INVALID, r, owner, None, why, None, None, None, Problem.PREFIX_UNKNOWN)
+    e = r + 4 * p
+    for o in range(r, e, 4):
+        if word_at(code, o) != NOP:
+            why = f"prefix NOP {(o - r) >> 2} of {p}: {_found(code, o, _EXPECT_NOP)}"
+            return Verdict(_INVALID, o, owner, None, why, None, None, None, Problem.OTHER)
+    bti = word_at(code, e) in _BTI if p else w_prev in _BTI
+    if p and bti:
+        e += 4
+    for o in (e, e + 4):
+        if word_at(code, o) != NOP:
+            why = _found(code, o, _EXPECT_NOP)
+            problem = Problem.RECORD_BEFORE_ENTRY if p else Problem.OTHER
+            return Verdict(_INVALID, o, owner, _layout(p, bti), why, e, e + 4, None, problem)
+    return Verdict(_PRISTINE, r, owner, _layout(p, bti), None, e, e + 4)
+
+
+def _words(code: Code, offset: int, count: int) -> str:
+    return " ; ".join(
+        arm64.describe(w) if w is not None else "end of section"
+        for w in (word_at(code, offset + 4 * i) for i in range(count))
+    )
 
 
 def _misaligned(code: Code, r: int) -> Verdict:

@@ -74,6 +74,9 @@ class Problem(enum.Enum):
     NO_MOV = "no-mov"  # the record is on a slot with no mov x9, x30 before it
     NO_MOV_NOR_NOP = "no-mov-nor-nop"  # ... and the slot is no nop either
     SLOT_NOT_NOP = "slot-not-nop"  # mov x9, x30, then no nop where the record points
+    # No function symbol at the record, and its words fit more than one
+    # prefix length: the file's other sites decide (scan_elf), else invalid.
+    PREFIX_UNKNOWN = "prefix-unknown"
     OTHER = "other"  # anything else: the reason says what
 
 

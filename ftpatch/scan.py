@@ -91,7 +91,23 @@ def scan_elf(elf: ElfFile, records_mode: RecordsMode = "auto") -> tuple[Site, ..
 
         raw, kind, _area = image_records(elf, records_mode)
     classifier = _Classifier(elf)
-    return tuple(classifier.site(r, kind) for r in raw)
+    sites = [classifier.site(r, kind) for r in raw]
+    if any(s.problem is Problem.PREFIX_UNKNOWN for s in sites):
+        # Records with no function symbol whose words fit more than one
+        # prefix length (classify.py, rule 2): the prefix every pristine
+        # site with a function symbol has decides, if they agree.
+        prefixes = {
+            s.layout.prefix_nops
+            for s in sites
+            if s.state is State.PRISTINE and s.entry_offset is not None and s.layout is not None
+        }
+        if len(prefixes) == 1 and None not in prefixes:
+            classifier.prefix = prefixes.pop()
+            sites = [
+                classifier.site(r, kind) if s.problem is Problem.PREFIX_UNKNOWN else s
+                for r, s in zip(raw, sites, strict=True)
+            ]
+    return tuple(sites)
 
 
 class _Classifier:
@@ -101,6 +117,7 @@ class _Classifier:
         self.elf = elf
         self.linked = elf.e_type != ET_REL
         self._codes: dict[int, Code] = {}
+        self.prefix: int | None = None  # Code.prefix, once scan_elf knows it
 
     def site(self, raw: RawRecord, kind: RecordKind) -> Site:
         elf = self.elf
@@ -127,8 +144,8 @@ class _Classifier:
                 record, where, None, None, State.INVALID, raw.problem, problem=Problem.OTHER
             )
         code = self._codes.get(sec.index)
-        if code is None:
-            code = self._codes[sec.index] = code_of(elf, sec)
+        if code is None or code.prefix != self.prefix:
+            code = self._codes[sec.index] = code_of(elf, sec)._replace(prefix=self.prefix)
         return site_of(elf.path, sec, code, record, classify(code, raw.target_offset), self.linked)
 
 

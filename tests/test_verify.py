@@ -340,7 +340,8 @@ def test_json_has_every_finding_and_the_trace() -> None:
     report = verify_file(str(fixture_path("obj/gcc-plain-O2.o")), scheme=Scheme.TWO_SLOT)
     doc = json.loads(json.dumps(report_dict(report)))
     assert len(doc["findings"]) == len(report.all_findings)
-    assert doc["cmodx"]["permitted"] == ["B", "BL", "BRK", "HVC", "ISB", "NOP", "SMC", "SVC"]
+    # the issue A.a list: ISB is listed only by later texts (test_verify_cmodx.py)
+    assert doc["cmodx"]["permitted"] == ["B", "BL", "BRK", "HVC", "NOP", "SMC", "SVC"]
     traced = [f for f in doc["findings"] if "counterexample" in f]
     assert traced and traced[0]["counterexample"]["steps"]
     assert "FAIL" in summary_line(report)

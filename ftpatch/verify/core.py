@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from ftpatch.errors import FtpatchError
 from ftpatch.model import Location, State
 from ftpatch.scan import ScanResult, scan_file, zero_records_note
-from ftpatch.verify.emulate import CONTRACT_TRAMPOLINE, Engine, Exploration
+from ftpatch.verify.data import Exploration
+from ftpatch.verify.emulate import CONTRACT_TRAMPOLINE, Engine
 from ftpatch.verify.findings import (
     CHECK_COVERAGE,
     CHECK_EMULATION,

@@ -7,16 +7,16 @@ trampolines the BL words call.  A caller stub does ``BL entry``; each
 trampoline honours the kernel's ``ftrace_caller`` contract (entry-ftrace.S):
 it logs (X9, X30), restores X30 from X9 and returns to the old X30.
 
-Model (ARM DDI 0487 B2.2.5 and the herd7 ``-variant ifetch`` results in
-ARM64-FTRACE.md): the patcher's stores take effect between the executing
-CPU's instruction fetches, and with no synchronisation between fetches of
-different words each fetch of a changed word may see its old or its new
-value.  The engine explores every such choice, depth first, re-running the
-entry from the caller stub for each one, and checks at the first body
-instruction that X30 is the caller's return address, that SP and X19-X29 are
-unchanged, and that a trampoline ran at most once and saw X9 = the caller's
-return address.  A violating interleaving is re-run with a per-instruction
-trace so that it can be printed step by step.
+Model (the Arm ARM's concurrent modification rules, ``arm64.CMODX_ENTRIES``,
+and the herd7 ``-variant ifetch`` results in ARM64-FTRACE.md): the patcher's
+stores take effect between the executing CPU's instruction fetches, and with
+no synchronisation between fetches of different words each fetch of a changed
+word may see its old or its new value. The engine explores every such choice,
+depth first, re-running the entry from the caller stub for each one, and
+checks at the first body instruction that X30 is the caller's return address,
+that SP and X19-X29 are unchanged, and that a trampoline ran at most once and
+saw X9 = the caller's return address. A violating interleaving is re-run with
+a per-instruction trace so that it can be printed step by step.
 
 Sharing (issue 15): running unicorn costs far more than judging a result, and
 most entries of a file are the same few words.  ``explore`` records what a run
@@ -41,6 +41,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ftpatch import arm64
+from ftpatch.verify.data import (
+    Case,
+    Counterexample,
+    Emulation,
+    Exploration,
+    Interleaving,
+    Step,
+)
+from ftpatch.verify.data import Store as Store  # re-exported: tests build cases with it
 
 PAGE = 0x1000
 # Fixed places of the emulator's own data, far from any code address that
@@ -125,6 +134,27 @@ tramp:
 """
 
 
+# CONTRACT_TRAMPOLINE as keystone assembles it with LOG_BASE filled in, so
+# that verify does not load keystone (5 MiB of its peak RSS) for the one
+# trampoline it always uses; tests/test_verify_memory.py assembles the source
+# and compares.
+CONTRACT_WORDS = (
+    0xD2800010,  # mov x16, #0
+    0xF2A00030,  # movk x16, #1, lsl #16
+    0xF2CFE010,  # movk x16, #0x7f00, lsl #32
+    0xF9400211,  # ldr x17, [x16]
+    0x91000631,  # add x17, x17, #1
+    0xF9000211,  # str x17, [x16]
+    0x8B111611,  # add x17, x16, x17, lsl #5
+    0xA9007A29,  # stp x9, x30, [x17]
+    0x10FFFF10,  # adr x16, tramp
+    0xF9000A30,  # str x16, [x17, #0x10]
+    0xAA1E03F0,  # mov x16, x30
+    0xAA0903FE,  # mov x30, x9
+    0xD65F0200,  # ret x16
+)
+
+
 def trampoline_source(body: str = CONTRACT_TRAMPOLINE) -> str:
     """``body`` with the log address filled in (``{log0}`` .. ``{log2}``)."""
     return body.format(
@@ -142,125 +172,6 @@ def assemble(source: str) -> tuple[int, ...]:
     if not code or len(code) % 4:
         raise ValueError("trampoline assembled to no whole instruction words")
     return tuple(arm64.read_word(code, i) for i in range(0, len(code), 4))
-
-
-@dataclass(frozen=True, slots=True)
-class Store:
-    """One word the runtime patcher writes: ``old`` -> ``new`` at ``address``."""
-
-    address: int
-    old: int
-    new: int
-
-
-@dataclass(frozen=True, slots=True)
-class Case:
-    """One transition of one function entry, as the engine sees it.
-
-    ``words`` is memory from ``start`` up to ``body`` (the first body
-    instruction, where the checks are made); it holds the words as they are
-    when no store has happened, so a store's ``old`` and the word at its
-    address agree.  ``entry`` is where the caller's BL lands (the function
-    symbol), ``trampolines`` where the BL words of the stores lead.
-    """
-
-    start: int
-    words: tuple[int, ...]
-    entry: int
-    stores: tuple[Store, ...]
-    trampolines: tuple[int, ...]
-    name: str = ""  # transition name, for the report: enable, disable, retarget
-    # The patcher stores in the order of ``stores`` and completes each
-    # store's cache maintenance (DC CVAU, DSB ISH, IC IVAU, DSB ISH, as the
-    # kernel's aarch64_insn_patch_text_nosync does per word) before the next.
-    # Then a fetch that saw store k's new word orders every later fetch of
-    # an earlier store's word after that store: it sees the new word too.
-    # Without it, each fetch of a changed word may see old or new (the
-    # superset herd7's ifetch model allows with no maintenance at all).
-    ordered: bool = False
-
-    @property
-    def body(self) -> int:
-        return self.start + 4 * len(self.words)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One executed instruction: registers as they were before it ran."""
-
-    address: int
-    word: int
-    store: int | None  # index into Case.stores when this word is a changed one
-    version: str | None  # "old" or "new" for a changed word, else None
-    text: str  # disassembly
-    x9: int
-    x30: int
-    sp: int
-
-
-@dataclass(frozen=True)
-class Interleaving:
-    """What each fetch of a changed word saw, in fetch order: (store index, new?)."""
-
-    fetches: tuple[tuple[int, bool], ...]
-
-    def describe(self, case: Case) -> str:
-        if not self.fetches:
-            return "no changed word fetched"
-        return ", ".join(
-            f"{case.stores[i].address:#x} {'new' if new else 'old'}" for i, new in self.fetches
-        )
-
-
-@dataclass(frozen=True)
-class Counterexample:
-    """A violating interleaving, with its trace and the state at the end."""
-
-    case: Case
-    caller: int  # address of the caller stub's BL
-    interleaving: Interleaving
-    violations: tuple[str, ...]
-    steps: tuple[Step, ...]
-    end_pc: int
-    end_x30: int
-    log: tuple[tuple[int, int, int], ...]  # (x9, x30, trampoline) per trampoline run
-
-    @property
-    def return_address(self) -> int:
-        return self.caller + 4
-
-
-@dataclass(frozen=True, slots=True)
-class Emulation:
-    """The emulation that covered a case: which run, and whose case ran it.
-
-    ``origin`` is what the caller of ``explore`` passed for the case that
-    ran it (``verify_file`` passes the file and the site index); ``reused``
-    says this case took that result instead of running.
-    """
-
-    id: int  # per engine, in the order emulations ran
-    origin: tuple[str, int] | None
-    reused: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Exploration:
-    """Result of exploring every interleaving of one Case."""
-
-    case: Case
-    interleavings: int
-    failing: int
-    counterexamples: tuple[Counterexample, ...] = field(default=())  # at most a few
-    truncated: bool = False
-    # Whether any run fetched a word the patcher changes: one that never did
-    # ran only unchanged code and proves nothing about the transition.
-    fetched_changed: bool = True
-    emulation: Emulation | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.failing == 0 and not self.truncated
 
 
 @dataclass
@@ -340,7 +251,11 @@ class Engine:
         self._a = a
         uc_class: Any = getattr(unicorn, "Uc")  # noqa: B009 (untyped, not re-exported)
         self._uc: Any = uc_class(unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM)
-        self._tramp = assemble(trampoline_source(trampoline))
+        self._tramp = (
+            CONTRACT_WORDS
+            if trampoline == CONTRACT_TRAMPOLINE
+            else assemble(trampoline_source(trampoline))
+        )
         self._tramp_bytes = b"".join(arm64.word_bytes(w) for w in self._tramp)
         self.max_steps = max_steps
         self.max_interleavings = max_interleavings

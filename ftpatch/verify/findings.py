@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from ftpatch.model import Location, Site
-from ftpatch.verify.emulate import Counterexample, Emulation, Store
+from ftpatch.verify.data import Counterexample, Emulation, Store
 
 
 class Scheme(enum.Enum):

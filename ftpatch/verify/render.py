@@ -6,36 +6,49 @@ Nothing here prints: ``cli.py`` does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ftpatch import arm64
-from ftpatch.verify.emulate import Counterexample, Emulation
+from ftpatch.verify.data import Counterexample, Emulation
 from ftpatch.verify.findings import Finding, SiteResult, VerifyReport
+
+
+class _Region(NamedTuple):
+    """A named address range of a trace.  A function's prefix words are
+    named by how far they lie before the function (``func-0x8``), counted
+    back from the region's end; everything else from its start."""
+
+    start: int
+    size: int
+    name: str
+    before: bool = False
 
 
 class _Labels:
     """Names for the addresses of a counterexample: caller, function, trampolines."""
 
     def __init__(self, report: VerifyReport, site: SiteResult | None, ce: Counterexample) -> None:
-        self.regions: list[tuple[int, int, str]] = [(ce.caller, 8, "caller")]
+        self.regions: list[_Region] = [_Region(ce.caller, 8, "caller")]
         tramp_name = (
             report.trampoline.name if report.trampoline and report.trampoline.name else "trampoline"
         )
         names = [tramp_name, "trampoline2"]
         for n, t in enumerate(ce.case.trampolines):
-            self.regions.append((t, 0x100, names[n] if n < len(names) else f"trampoline{n + 1}"))
+            self.regions.append(
+                _Region(t, 0x100, names[n] if n < len(names) else f"trampoline{n + 1}")
+            )
         if site is not None and site.site.function is not None:
-            self.regions.append((ce.case.entry, 0x10000, site.site.function))
+            self.regions.append(_Region(ce.case.entry, 0x10000, site.site.function))
             if ce.case.start < ce.case.entry:
                 self.regions.append(
-                    (ce.case.start, ce.case.entry - ce.case.start, f"{site.site.function}-prefix")
+                    _Region(ce.case.start, ce.case.entry - ce.case.start, site.site.function, True)
                 )
 
     def __call__(self, address: int) -> str:
-        for start, size, name in self.regions:
+        for start, size, name, before in self.regions:
             if start <= address < start + size:
-                if name.endswith("-prefix"):
-                    return f"{name[:-7]}-{start + size - address:#x}"
+                if before:
+                    return f"{name}-{start + size - address:#x}"
                 return f"{name}+{address - start:#x}"
         return f"{address:#x}"
 
@@ -265,6 +278,33 @@ def _emulation_dict(e: Emulation | None) -> dict[str, Any] | None:
     return {"id": e.id, "file": file, "site": site, "reused": e.reused}
 
 
+def _cmodx_dict() -> dict[str, Any]:
+    """The permitted set verify checked against, and what each entry rests on."""
+    return {
+        "revision": arm64.CMODX_REVISION,
+        "permitted": list(arm64.CMODX_PERMITTED),
+        "entries": [
+            {
+                "name": e.name,
+                "permitted": e.permitted,
+                "source": e.source.key,
+                "note": e.note,
+            }
+            for e in arm64.CMODX_ENTRIES
+        ],
+        "sources": {
+            s.key: {
+                "cite": s.cite,
+                "document": s.document,
+                "section": s.section,
+                "quoted_by": s.quoted_by,
+                "listed": list(s.listed),
+            }
+            for s in arm64.CMODX_SOURCES
+        },
+    }
+
+
 def report_dict(report: VerifyReport) -> dict[str, Any]:
     t = report.trampoline
     return {
@@ -273,7 +313,7 @@ def report_dict(report: VerifyReport) -> dict[str, Any]:
         "scheme": report.scheme.value,
         "ok": report.ok,
         "trampoline": None if t is None else {"name": t.name, "address": t.address},
-        "cmodx": {"revision": arm64.CMODX_REVISION, "permitted": list(arm64.CMODX_PERMITTED)},
+        "cmodx": _cmodx_dict(),
         "prefix_words": report.prefix_words,
         "synthetic_addresses": report.synthetic_addresses,
         "sites": len(report.sites),
