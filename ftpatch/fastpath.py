@@ -36,8 +36,8 @@ from ftpatch.elf.reader import (
     SYM_SIZE,
     ElfFile,
 )
-from ftpatch.elf.records import RECORD_SIZE, record_columns, records_sections
-from ftpatch.model import EditColumn, State
+from ftpatch.elf.records import RECORD_SIZE, RecordColumns, record_columns, records_sections
+from ftpatch.model import EditColumn, Problem, State
 
 _NOP_BYTES = arm64.word_bytes(arm64.NOP)
 _MOV_BYTES = arm64.word_bytes(arm64.MOV_X9_X30)
@@ -63,6 +63,19 @@ def _one(index: int) -> Callable[[Sequence[int]], tuple[int]]:
         return (column[index],)
 
     return pick
+
+
+def _file_prefix(work: list[RecordColumns], codes: dict[int, Code]) -> int | None:
+    """The prefix length every pristine site with a function symbol shows,
+    if they agree: what decides a symbol-less record's layout (scan_elf's
+    rule, asked of the same classifier), else None."""
+    prefixes: set[int | None] = set()
+    for mapped in work:
+        for shndx, r in zip(mapped.targets, mapped.offsets, strict=True):
+            v = classify(codes[shndx], r)
+            if v.state is _PRISTINE and v.entry is not None and v.layout is not None:
+                prefixes.add(v.layout.prefix_nops)
+    return prefixes.pop() if len(prefixes) == 1 and None not in prefixes else None
 
 
 def _span(column: EditColumn) -> tuple[int, int]:
@@ -121,13 +134,16 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
     # one per entry (two records of one entry mark it twice) without a sort.
     moved_code: dict[int, bytearray] = {}
     columns: list[EditColumn] = []
-    for mapped in work:
+    # Records with no function symbol whose words fit more than one prefix
+    # length (classify.py, rule 2): (work index, record index, code section,
+    # offset), resolved below as scan_elf resolves them.
+    unknown: list[tuple[int, int, int, int]] = []
+    moved_by: list[array] = []  # type: ignore[type-arg]  # per records section: indexes moved
+    olds = [mapped.entries[2::3] for mapped in work]  # the r_addends before any moves
+    for w, mapped in enumerate(work):
         entries = mapped.entries
-        # The r_addend of entry i is at file offset addend_base + 24 * i;
-        # moved ones are updated in ``entries``, their indexes kept in ``moved``.
-        addend_base = mapped.rela.sh_offset + 16
-        old_addends = entries[2::3]
         moved = array("I")
+        moved_by.append(moved)
         last = -1  # records of one section mostly point into one code section
         c: Code | None = None
         movs = bytearray()
@@ -143,7 +159,7 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
                     marks = moved_code[shndx] = bytearray(len(c.words))
                 movs = marks
                 last = shndx
-            state, _where, _owner, _layout, _why, mov, slot, _entry, _p = classify(c, r)  # type: ignore[arg-type]
+            state, _where, _owner, _layout, _why, mov, slot, _entry, problem = classify(c, r)  # type: ignore[arg-type]
             if state is _PRISTINE:
                 pristine += 1
                 movs[mov >> 2] = 1  # type: ignore[operator]  # entries start on the grid
@@ -153,21 +169,44 @@ def plan_object(elf: ElfFile) -> FastPlan | None:
                 moved.append(i)
             elif state is _REWRITTEN:
                 rewritten += 1
+            elif problem is Problem.PREFIX_UNKNOWN:
+                unknown.append((w, i, shndx, r))
             else:
                 return None  # invalid: the general path (scan + plan) says why
-        if moved:
-            new_addends = entries[2::3]
-            if len(moved) == len(old_addends):  # every record moves (a first rewrite)
-                offsets = array("Q", range(addend_base, addend_base + 24 * len(moved), 24))
-            else:
-                pick = itemgetter(*moved) if len(moved) > 1 else _one(moved[0])
-                old_addends = array("Q", pick(old_addends))
-                new_addends = array("Q", pick(new_addends))
-                offsets = array("Q", [addend_base + 24 * i for i in moved])
-            if swap_elf:  # back to the file's byte order
-                old_addends.byteswap()
-                new_addends.byteswap()
-            columns.append(EditColumn(8, offsets, old_addends, new_addends))
+    if unknown:
+        prefix = _file_prefix(work, codes)
+        if prefix is None:
+            return None  # the general path says why
+        for w, i, shndx, r in unknown:
+            v = classify(codes[shndx]._replace(prefix=prefix), r)
+            if v.state is not _PRISTINE:
+                return None
+            assert v.mov is not None and v.slot is not None
+            pristine += 1
+            moved_code[shndx][v.mov >> 2] = 1
+            entries = work[w].entries
+            entries[3 * i + 2] = (entries[3 * i + 2] + v.slot - r) & _U64
+            moved_by[w].append(i)
+        moved_by = [array("I", sorted(moved)) for moved in moved_by]
+    for mapped, moved, old_addends in zip(work, moved_by, olds, strict=True):
+        if not moved:
+            continue
+        # The r_addend of entry i is at file offset addend_base + 24 * i;
+        # moved ones were updated in ``entries``.
+        addend_base = mapped.rela.sh_offset + 16
+        entries = mapped.entries
+        new_addends = entries[2::3]
+        if len(moved) == len(old_addends):  # every record moves (a first rewrite)
+            offsets = array("Q", range(addend_base, addend_base + 24 * len(moved), 24))
+        else:
+            pick = itemgetter(*moved) if len(moved) > 1 else _one(moved[0])
+            old_addends = array("Q", pick(old_addends))
+            new_addends = array("Q", pick(new_addends))
+            offsets = array("Q", [addend_base + 24 * i for i in moved])
+        if swap_elf:  # back to the file's byte order
+            old_addends.byteswap()
+            new_addends.byteswap()
+        columns.append(EditColumn(8, offsets, old_addends, new_addends))
     for shndx, marks in moved_code.items():
         base = sections[shndx].sh_offset
         offsets = array("Q", compress(range(base, base + 4 * len(marks), 4), marks))

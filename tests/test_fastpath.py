@@ -153,3 +153,44 @@ def test_site_without_its_own_symbol(tmp_path: Path) -> None:
         places = [str(s.location).split(": ")[1] for s in result.sites]
     assert "mix+0x30" in places and not any(p.startswith("twice") for p in places)
     assert same_both_ways(case, tmp_path)
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("bti", [False, True], ids=["plain", "bti"])
+@pytest.mark.parametrize("compiler", ["clang", "gcc"])
+def test_symbol_less_call_ops_site_taken_with_the_files_prefix(
+    compiler: str, bti: bool, tmp_path: Path
+) -> None:
+    """An overridden weak function's record in a CALL_OPS ld -r object (no
+    symbol, nop ; nop ; nop ; nop: as 44 sites of Linux 6.12's vmlinux.o) is
+    resolved in columns by the prefix the file's other sites show, as
+    scan_elf resolves it: the fast path takes the file and writes what the
+    general path plans (tests/test_weak_prefix.py checks those bytes against
+    the kernel's rule)."""
+    from test_weak_prefix import build
+
+    ko = build(tmp_path, compiler, bti)
+    with scan_file(str(ko)) as result:
+        # The weak function's site: no function symbol decides where it is entered.
+        assert any(s.entry_offset is None and s.layout for s in result.sites)
+    assert same_both_ways(ko, tmp_path)
+
+
+def test_symbol_less_site_without_a_known_prefix_goes_to_the_general_path(
+    tmp_path: Path,
+) -> None:
+    """No other site says the prefix: the fast path hands the file over, and
+    both paths refuse it alike (test_weak_prefix.py: the message)."""
+    require("aarch64-linux-gnu-as")
+    src = tmp_path / "anon.s"
+    src.write_text(
+        "\t.text\n\t.p2align 3\n\tnop\n\tnop\n\tnop\n\tnop\n"
+        "\tsub w0, w0, #3\n\tret\n"
+        '\t.section __patchable_function_entries,"aw",@progbits\n'
+        "\t.p2align 3\n\t.xword .text\n"
+    )
+    obj = tmp_path / "anon.o"
+    subprocess.run(["aarch64-linux-gnu-as", "-o", obj, src], check=True)
+    assert not same_both_ways(obj, tmp_path)
+    with pytest.raises(FtpatchError, match="is not known"):
+        rewrite_file(str(obj))
