@@ -442,7 +442,7 @@ def verify(
 
     Static checks (layout MOV X9,X30 ; NOP with the record on the NOP,
     alignment, relocations, one aligned word per runtime change within the
-    ARM DDI 0487 B2.2.5 permitted set, BL range) and an emulation with
+    ARM DDI 0487 CMODX permitted set, BL range) and an emulation with
     unicorn of every old/new fetch interleaving of enable, disable and
     retarget.  Exit 0 when every check holds, 1 when a site fails, 2 on
     bad input.

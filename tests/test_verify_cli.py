@@ -81,3 +81,16 @@ def test_vacuous_emulation_is_a_finding() -> None:
     # A plain object's record is on its entry, which every path fetches: no such finding.
     plain = ftpatch("verify", "--json", fixture_path("obj/gcc-plain-O2.o"))
     assert "proves nothing" not in plain.stdout
+
+
+def test_relocatable_object_says_the_branch_is_decided_at_load(tmp_path: Path) -> None:
+    # A module (.ko) has no ftrace_caller and no addresses: verify checks
+    # everything else and says, in text and --json, what it could not.
+    obj = rewritten(tmp_path, "obj/gcc-plain-O2.o")
+    run = ftpatch("verify", obj)
+    assert run.returncode == 0, run.stderr
+    assert "relocatable object: no addresses" in run.stdout + run.stderr
+    assert "module's ftrace PLT" in run.stdout + run.stderr
+    report = json.loads(ftpatch("verify", "--json", obj).stdout)
+    notes = [n for f in report["files"] for n in f["findings"] if n["check"] == "coverage"]
+    assert any("decided when it is linked or loaded" in n["message"] for n in notes), notes

@@ -204,6 +204,20 @@ def verify_file(
                     Severity.NOTE,
                 )
             )
+        if not linked and trampoline is None and result.sites:
+            # A module (.ko) or an ld -r output: say what only its load can
+            # decide (issue 17).
+            notes.append(
+                Finding(
+                    CHECK_COVERAGE,
+                    where,
+                    "relocatable object: no addresses, so where the BL slot branches "
+                    "(ftrace_caller within +-128 MiB, or a module's ftrace PLT) is decided "
+                    "when it is linked or loaded and was not checked; the emulation calls a "
+                    "stand-in that keeps the ftrace_caller contract",
+                    Severity.NOTE,
+                )
+            )
         if linked and tramp is None and result.sites:
             notes.append(
                 Finding(
