@@ -24,12 +24,26 @@
  *                        instance's trace must hold the workers' calls of
  *                        that function and no other function.
  *
+ * With modules in the initramfs (/modules, 6.12), before the above:
+ *   /modules/refuse-*.ko must each be refused by finit_module() (a module
+ *   built for the other kernel, one whose sites were not rewritten, one
+ *   with a damaged site); then /modules/ftpatch_test.ko is loaded with the
+ *   function tracer filtered to it (and sys_getppid, so the filter is never
+ *   empty: an empty one traces everything), its __init function and its
+ *   kernel thread's calls must be traced, the tracer is switched on and off
+ *   10 times while that thread runs, function_graph must trace it too; it
+ *   is unloaded, loaded again, traced again and unloaded.  The distance
+ *   from its text to ftrace_caller says whether its calls go through the
+ *   module's ftrace PLT.  Everything after this then shows that ftrace
+ *   still works for vmlinux.
+ *
  * The last line it prints is one of
  *   FTPATCH-E2E: PASS ...
  *   FTPATCH-E2E: FAIL <reason>
  * and then it powers the machine off (qemu runs with -no-reboot).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -123,10 +137,13 @@ static void tracefs_write(const char *name, const char *value)
 	fd = open(path, O_WRONLY | O_TRUNC);
 	if (fd < 0)
 		fail("open %s: %s", path, strerror(errno));
-	n = write(fd, value, strlen(value));
-	if (n != (ssize_t)strlen(value))
-		fail("write '%s' to %s: %s", value, path,
-		     n < 0 ? strerror(errno) : "short write");
+	/* set_ftrace_filter takes one word per write(): write the rest too. */
+	for (size_t done = 0, len = strlen(value); done < len; done += n) {
+		n = write(fd, value + done, len - done);
+		if (n <= 0)
+			fail("write '%s' to %s: %s", value, path,
+			     n < 0 ? strerror(errno) : "nothing written");
+	}
 	close(fd);
 }
 
@@ -215,6 +232,25 @@ static int count_lines_with(const char *text, const char *needle)
 	for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle))
 		n++;
 	return n;
+}
+
+/*
+ * This boot's address of _stext, from /proc/kallsyms (the init runs as
+ * root with CAP_SYSLOG, so the addresses are real; _text is not listed
+ * without KALLSYMS_ALL, being below the text range): with KASLR the script
+ * subtracts the link-time address to get the boot's offset.
+ */
+static void say_text_address(void)
+{
+	char *syms = read_file("/proc/kallsyms", NULL);
+	char *line = strstr(syms, " _stext\n");
+
+	if (!line)
+		fail("no _stext in /proc/kallsyms");
+	while (line > syms && line[-1] != '\n')
+		line--;
+	say("kallsyms: %.*s", (int)strcspn(line, "\n"), line);
+	free(syms);
 }
 
 /*
@@ -423,6 +459,157 @@ static void check_graph_trace(void)
  * CPUs.  A wrong literal left on any site would put another function in the
  * instance's trace, which check_ops_trace() refuses.
  */
+#define MODULE_DIR "/modules"
+#define TEST_MODULE "ftpatch_test"
+
+/* finit_module() of a file; 0 or the errno. */
+static int load_module(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), err = 0;
+
+	if (fd < 0)
+		fail("open %s: %s", path, strerror(errno));
+	if (syscall(SYS_finit_module, fd, "", 0))
+		err = errno;
+	close(fd);
+	return err;
+}
+
+static void unload_test_module(void)
+{
+	tracefs_write("current_tracer", "nop");
+	if (syscall(SYS_delete_module, TEST_MODULE, O_NONBLOCK))
+		fail("delete_module " TEST_MODULE ": %s", strerror(errno));
+}
+
+/* The address of @name in /proc/kallsyms (module symbols included), or 0. */
+static unsigned long kallsyms_addr(const char *name)
+{
+	char *syms = read_file("/proc/kallsyms", NULL), needle[128];
+	char *line;
+	unsigned long addr = 0;
+
+	snprintf(needle, sizeof(needle), " %s", name);
+	for (line = syms; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
+		char *sp = strchr(line, ' ');
+
+		/* "ADDR T NAME[\t[MODULE]]\n": match NAME exactly */
+		if (sp && (sp = strchr(sp + 1, ' ')) && !strncmp(sp, needle, strlen(needle)) &&
+		    strchr("\t\n", sp[strlen(needle)])) {
+			addr = strtoul(line, NULL, 16);
+			break;
+		}
+	}
+	free(syms);
+	return addr;
+}
+
+/*
+ * A burst of @tracer with the module filter on; the module's calls in it,
+ * and fail unless each function in @want (NULL-terminated) shows up.
+ */
+static int module_burst(const char *tracer, const char *const *want)
+{
+	size_t len;
+	char *trace = record_burst(tracer, 300, &len);
+	int calls = count_lines_with(trace, TEST_MODULE "_");
+
+	for (int i = 0; want[i]; i++)
+		if (!strstr(trace, want[i])) {
+			printf("%.2000s\n", trace);
+			fail("%s: no %s in the module's trace (%d calls)", tracer, want[i], calls);
+		}
+	free(trace);
+	tracefs_write("current_tracer", "nop");
+	return calls;
+}
+
+static void check_modules(void)
+{
+	static const char *const body[] = {
+		TEST_MODULE "_indirect", TEST_MODULE "_static", TEST_MODULE "_global",
+		TEST_MODULE "_weak", TEST_MODULE "_weak_kept", NULL
+	};
+	char path[300];
+	struct dirent *de;
+	DIR *dir = opendir(MODULE_DIR);
+	int refused = 0, err, calls;
+	unsigned long text, caller;
+	double t0, t;
+
+	if (!dir)
+		return;
+	/* 1. every refuse-*.ko is refused, and nothing else happens */
+	while ((de = readdir(dir))) {
+		if (strncmp(de->d_name, "refuse-", 7))
+			continue;
+		snprintf(path, sizeof(path), MODULE_DIR "/%s", de->d_name);
+		err = load_module(path);
+		if (!err)
+			fail("module %s loaded: it must be refused", de->d_name);
+		say("module %s refused: %s", de->d_name, strerror(err));
+		refused++;
+	}
+	closedir(dir);
+
+	/* 2. load with the tracer on and filtered to it: __init traced */
+	tracefs_write("set_ftrace_filter", "__arm64_sys_getppid :mod:" TEST_MODULE);
+	tracefs_write("tracing_on", "0");
+	tracefs_write("trace", "");
+	tracefs_write("current_tracer", "function");
+	tracefs_write("tracing_on", "1");
+	err = load_module(MODULE_DIR "/" TEST_MODULE ".ko");
+	tracefs_write("tracing_on", "0");
+	if (err)
+		fail("finit_module " TEST_MODULE ".ko: %s", strerror(err));
+	{
+		char *trace = read_file(TRACEFS "/trace", NULL);
+
+		if (!strstr(trace, TEST_MODULE "_init_fn")) {
+			printf("%.2000s\n", trace);
+			fail("the module's __init function was not traced");
+		}
+		free(trace);
+	}
+	tracefs_write("current_tracer", "nop");
+	text = kallsyms_addr(TEST_MODULE "_global");
+	caller = kallsyms_addr("ftrace_caller");
+	if (!text || !caller)
+		fail("kallsyms: " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx", text, caller);
+	say("module text " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx: "
+	    "%lu MiB apart, calls go %s", text, caller,
+	    (text > caller ? text - caller : caller - text) >> 20,
+	    (text > caller ? text - caller : caller - text) < (128UL << 20) - 4096 ?
+	    "direct (BL in range)" : "through the module's ftrace PLT");
+
+	/* 3. switch the filtered tracer while the module's thread runs */
+	t0 = now();
+	for (int i = 0; i < 10; i++) {
+		tracefs_write("current_tracer", "function");
+		sleep_ms(50);
+		tracefs_write("current_tracer", "nop");
+	}
+	t = now() - t0;
+	calls = module_burst("function", body);
+	say("module: function tracer filtered to it switched 10 times in %.1f s; "
+	    "%d module calls in a burst", t, calls);
+	calls = module_burst("function_graph", body);
+	say("module: function_graph: %d module lines in a burst", calls);
+
+	/* 4. unload, load again, trace again (unloading drops the module's
+	 * functions from the filter: set it again, for the next load) */
+	unload_test_module();
+	tracefs_write("set_ftrace_filter", "__arm64_sys_getppid :mod:" TEST_MODULE);
+	err = load_module(MODULE_DIR "/" TEST_MODULE ".ko");
+	if (err)
+		fail("finit_module " TEST_MODULE ".ko again: %s", strerror(err));
+	calls = module_burst("function", body);
+	unload_test_module();
+	tracefs_write("set_ftrace_filter", "");
+	say("module: reloaded and traced (%d calls), unloaded; %d refused as expected; "
+	    "__init function traced", calls, refused);
+}
+
 static void switch_two_users(long cycles)
 {
 	double t0 = now(), t;
@@ -521,6 +708,8 @@ int main(void)
 	info = read_file(TRACEFS "/dyn_ftrace_total_info", NULL);
 	say("dyn_ftrace_total_info: %s", strtok(info, "\n") ?: "");
 	free(info);
+	say_text_address();
+	check_modules();
 
 	/* Small buffers keep reading `trace` quick under emulation. */
 	tracefs_write("buffer_size_kb", "256");
@@ -529,6 +718,15 @@ int main(void)
 	t0 = now();
 	for (long i = 0; i < switches; i++) {
 		tracefs_write("current_tracer", "function");
+		if (i == 0) {
+			/* Every live site is a BL now (each one checked by
+			 * ftrace_modify_code() against the NOP it expected). */
+			char *enabled = read_file(TRACEFS "/enabled_functions", NULL);
+
+			say("function tracer on: %d lines in enabled_functions",
+			    count_lines_with(enabled, "\n"));
+			free(enabled);
+		}
 		sleep_ms(50);
 		tracefs_write("current_tracer", "nop");
 	}
