@@ -580,9 +580,9 @@ module_check() {
 	# damaged one at the site damage_one_site changed (NOP where the MOV was).
 	[ "$(grep -c 'ftpatch_test: ftrace site .*not rewritten by ftpatch' "$ftp")" -eq 2 ] ||
 		die "boot ftpatch: expected two module refusals by ftpatch_module_check (log $ftp)"
-	grep -qE "ftpatch_test: ftrace site \.text\+0x[0-9a-f]+: found 0xd503201f 0xd503201f, expected 0xaa1e03e9 0xd503201f: not rewritten by ftpatch" "$ftp" ||
+	grep -qE "ftpatch_test: ftrace site at (init_)?text\+0x[0-9a-f]+: found 0xd503201f 0xd503201f, expected 0xaa1e03e9 0xd503201f: not rewritten by ftpatch" "$ftp" ||
 		die "boot ftpatch: no refusal of the damaged site (log $ftp)"
-	result module_refusals "\"$(grep -o 'ftpatch_test: ftrace site [^:]*: found 0x[0-9a-f]* 0x[0-9a-f]*' "$ftp" | sed 's/ftpatch_test: ftrace site //' | paste -sd';')\""
+	result module_refusals "\"$(grep -o 'ftpatch_test: ftrace site [^:]*: found 0x[0-9a-f]* 0x[0-9a-f]*' "$ftp" | sed 's/ftpatch_test: ftrace site at //' | paste -sd';')\""
 	for kind in ftpatch stock; do
 		logf=${RESULT[boot_log_$kind]//\"/}
 		grep -q '^ftpatch-init: module: reloaded and traced' "$logf" ||
