@@ -304,6 +304,7 @@ def _by_prefix(code: Code, r: int, owner: int, w_prev: int | None) -> Verdict:
 
 
 def _words(code: Code, offset: int, count: int) -> str:
+    """``count`` words from ``offset``, described, for messages."""
     return " ; ".join(
         arm64.describe(w) if w is not None else "end of section"
         for w in (word_at(code, offset + 4 * i) for i in range(count))
@@ -329,12 +330,9 @@ def _starts_at(starts: Sequence[int], offset: int) -> bool:
 
 def _mov_in_prefix(code: Code, r: int, n: int, f: int) -> Verdict:
     e = f + 4 if word_at(code, f) in _BTI else f
-    entry_words = " ; ".join(
-        arm64.describe(w) if w is not None else "end of section"
-        for w in (word_at(code, e), word_at(code, e + 4))
-    )
     why = (
-        f"mov x9, x30 in the prefix before {code.function(n)}, whose entry is {entry_words}: "
+        f"mov x9, x30 in the prefix before {code.function(n)}, "
+        f"whose entry is {_words(code, e, 2)}: "
         "callers never run it, and the record is not on the BL slot"
     )
     return Verdict(_INVALID, r - 4, n, None, why, None, None, f, Problem.OTHER)

@@ -67,6 +67,23 @@ def ftpatch(*args: str | Path, cwd: Path | None = None) -> Run:
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
+def anonymous_site_object(tmp_path: Path) -> Path:
+    """An object whose only record has no function symbol and sits on four
+    NOPs: nothing in the file says how many are a prefix.  Hand-written (no
+    compiler leaves such a file), assembled by the real assembler."""
+    require("aarch64-linux-gnu-as")
+    src = tmp_path / "anon.s"
+    src.write_text(
+        "\t.text\n\t.p2align 3\n\tnop\n\tnop\n\tnop\n\tnop\n"
+        "\tsub w0, w0, #3\n\tret\n"
+        '\t.section __patchable_function_entries,"aw",@progbits\n'
+        "\t.p2align 3\n\t.xword .text\n"
+    )
+    obj = tmp_path / "anon.o"
+    subprocess.run(["aarch64-linux-gnu-as", "-o", obj, src], check=True)
+    return obj
+
+
 def rewritten(tmp_path: Path, name: str) -> Path:
     """A copy of fixture ``name`` in ``tmp_path``, rewritten by ftpatch in-process."""
     from ftpatch.rewrite import rewrite_file

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import GOOD_OBJECTS, OBJECTS, fixture_path, ftpatch, require
+from conftest import GOOD_OBJECTS, OBJECTS, anonymous_site_object, fixture_path, ftpatch, require
 
 from ftpatch import arm64
 from ftpatch.elf.reader import mapped_elf
@@ -181,16 +181,7 @@ def test_symbol_less_site_without_a_known_prefix_goes_to_the_general_path(
 ) -> None:
     """No other site says the prefix: the fast path hands the file over, and
     both paths refuse it alike (test_weak_prefix.py: the message)."""
-    require("aarch64-linux-gnu-as")
-    src = tmp_path / "anon.s"
-    src.write_text(
-        "\t.text\n\t.p2align 3\n\tnop\n\tnop\n\tnop\n\tnop\n"
-        "\tsub w0, w0, #3\n\tret\n"
-        '\t.section __patchable_function_entries,"aw",@progbits\n'
-        "\t.p2align 3\n\t.xword .text\n"
-    )
-    obj = tmp_path / "anon.o"
-    subprocess.run(["aarch64-linux-gnu-as", "-o", obj, src], check=True)
+    obj = anonymous_site_object(tmp_path)
     assert not same_both_ways(obj, tmp_path)
     with pytest.raises(FtpatchError, match="is not known"):
         rewrite_file(str(obj))

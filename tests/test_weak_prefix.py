@@ -24,7 +24,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ftpatch, require
+from conftest import anonymous_site_object, ftpatch, require
 
 pytestmark = pytest.mark.toolchain
 
@@ -129,16 +129,7 @@ def test_symbol_less_site_without_a_known_prefix_is_refused(tmp_path: Path) -> N
     # Hand-written code (no compiler leaves a file whose only record has no
     # function symbol): four NOPs at a symbol-less record, and no other site
     # to say how many of them are a prefix, so ftpatch refuses to guess.
-    require("aarch64-linux-gnu-as")
-    src = tmp_path / "anon.s"
-    src.write_text(
-        "\t.text\n\t.p2align 3\n\tnop\n\tnop\n\tnop\n\tnop\n"
-        "\tsub w0, w0, #3\n\tret\n"
-        '\t.section __patchable_function_entries,"aw",@progbits\n'
-        "\t.p2align 3\n\t.xword .text\n"
-    )
-    obj = tmp_path / "anon.o"
-    subprocess.run(["aarch64-linux-gnu-as", "-o", obj, src], check=True)
+    obj = anonymous_site_object(tmp_path)
     before = obj.read_bytes()
     run = ftpatch("rewrite", obj)
     assert run.returncode == 2, (run.stdout, run.stderr)
