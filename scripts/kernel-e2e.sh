@@ -70,7 +70,14 @@ case "$KVER" in
 	PFE=-fpatchable-function-entry=4,2
 	OPS_CYCLES=${FTPATCH_E2E_OPS:-10}
 	FTRACE_Y=(DYNAMIC_FTRACE_WITH_ARGS DYNAMIC_FTRACE_WITH_CALL_OPS RELOCATABLE RANDOMIZE_BASE
-		MODULES MODULE_UNLOAD RANDOMIZE_MODULE_REGION_FULL)
+		MODULES MODULE_UNLOAD)
+	# Where the module's text lands, so both of a module's ways to reach
+	# ftrace_caller are exercised: GCC with RANDOMIZE_MODULE_REGION_FULL
+	# (anywhere in 2 GiB: its ftrace PLTs; the init reloads the module until
+	# both its text and init text are out of BL range), Clang without (a
+	# random 128 MiB window around the kernel: direct BLs).
+	MODULE_PATH=plt
+	[ "$KVER" = 6.12 ] && FTRACE_Y+=(RANDOMIZE_MODULE_REGION_FULL)
 	;;
 *)
 	printf 'E2E FAIL FTPATCH_KERNEL_VERSION=%s: 6.1, 6.12 or 6.12-clang\n' "$KVER"
@@ -78,6 +85,7 @@ case "$KVER" in
 	;;
 esac
 SRCVER=${KVER%-clang}
+MODULE_PATH=${MODULE_PATH:-}
 FRAGMENTS=("$FRAGMENT")
 QEMU_CPU=cortex-a57
 LLVM_MAKE=()
@@ -86,10 +94,13 @@ if [ "$KVER" = 6.12-clang ]; then
 	FTRACE_Y+=(CC_IS_CLANG LD_IS_LLD ARM64_BTI_KERNEL ARM64_PTR_AUTH_KERNEL)
 	QEMU_CPU=max,pauth-impdef=on
 	LLVM_MAKE=(LLVM=1)
+	MODULE_PATH=direct
 fi
 # Patch 0002 is the arm64 kernel side; 0001 (the link step) and 0003 (the
 # init timing) are in every kernel.
 MODULE_SRC=$REPO/examples/kernel/module
+# An in-tree module (CONFIG_SAMPLE_TRACE_EVENTS=m), relative to the build dir.
+INTREE_KO=samples/trace_events/trace-events-sample.ko
 BASE_PATCHES=("$PATCHES"/0001-*.patch "$PATCHES"/0003-*.patch)
 KERNEL_PATCH=$(echo "$PATCHES"/0002-*.patch)
 REUSE=${FTPATCH_KERNEL_REUSE:-0}
@@ -304,7 +315,7 @@ boot() {
 	t0=$(now)
 	timeout --foreground "$QEMU_TIMEOUT" qemu-system-aarch64 -M virt -cpu "$QEMU_CPU" -smp 4 -m 512 \
 		-nographic -no-reboot -nic none -kernel "$OUT/Image-$name" "${initrd[@]}" \
-		-append "console=ttyAMA0 panic=-1 ftpatch.switches=$switches ftpatch.graph=$graph ftpatch.ops=$OPS_CYCLES${BOOT_APPEND:+ $BOOT_APPEND}" \
+		-append "console=ttyAMA0 panic=-1 ftpatch.switches=$switches ftpatch.graph=$graph ftpatch.ops=$OPS_CYCLES${MODULE_PATH:+ ftpatch.module_path=$MODULE_PATH}${BOOT_APPEND:+ $BOOT_APPEND}" \
 		< /dev/null > "$logf" 2>&1 || rc=$?
 	t1=$(now)
 	BOOT_LOG=$logf
@@ -521,6 +532,9 @@ build_kernels_6_12() {
 	grep -q 'FTPATCH  *vmlinux.o' "$OUT/build-stock.log" && die "stock build ran ftpatch"
 	build_module stock
 	grep -q 'FTPATCH \[M\]' "$OUT/build-module-stock.log" && die "stock module build ran ftpatch"
+	[ -f "$BUILD/$INTREE_KO" ] || die "make modules built no $INTREE_KO (CONFIG_SAMPLE_TRACE_EVENTS=m?)"
+	$FTPATCH_CMD rewrite --check --quiet "$BUILD/$INTREE_KO" 2>/dev/null &&
+		die "the stock build's in-tree $INTREE_KO is rewritten"
 
 	# 2. negative: CONFIG_FTPATCH=y without the arm64 kernel side (0002):
 	#    vmlinux.o is rewritten, ftrace_call_adjust() still adds 12/16.
@@ -541,6 +555,12 @@ build_kernels_6_12() {
 		die "module build did not run ftpatch (see $OUT/build-module-ftpatch.log)"
 	$FTPATCH_CMD rewrite --check --quiet "$WORK/modules/ftpatch/ftpatch_test.ko" ||
 		die "the module build left ftpatch_test.ko not rewritten"
+	# The in-tree module, rewritten by the same build's "make modules".
+	$FTPATCH_CMD rewrite --check --quiet "$BUILD/$INTREE_KO" ||
+		die "make modules left the in-tree $INTREE_KO not rewritten"
+	cp "$BUILD/$INTREE_KO" "$OUT/intree-${INTREE_KO##*/}"
+	result intree_module_sites "$($FTPATCH_CMD scan --json "$OUT/intree-${INTREE_KO##*/}" |
+		python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["files"][0]["counts"]))')"
 	"${KMAKE[@]}" M="$WORK/modules/ftpatch" modules > "$OUT/build-module-again.log" 2>&1 ||
 		die "module rebuild failed (see $OUT/build-module-again.log)"
 	grep -q 'FTPATCH \[M\]' "$OUT/build-module-again.log" &&
@@ -554,7 +574,8 @@ build_kernels_6_12() {
 	module_initrd ftpatch "$WORK/modules/ftpatch/ftpatch_test.ko" \
 		refuse-foreign="$WORK/modules/stock/ftpatch_test.ko" \
 		refuse-unrewritten="$WORK/modules/unrewritten/ftpatch_test.ko" \
-		refuse-damaged="$OUT/ftpatch_test-damaged.ko"
+		refuse-damaged="$OUT/ftpatch_test-damaged.ko" \
+		"intree-${INTREE_KO##*/}"="$OUT/intree-${INTREE_KO##*/}"
 	module_initrd stock "$WORK/modules/stock/ftpatch_test.ko" \
 		refuse-foreign="$WORK/modules/ftpatch/ftpatch_test.ko"
 }
@@ -582,13 +603,39 @@ module_check() {
 		die "boot ftpatch: expected two module refusals by ftpatch_module_check (log $ftp)"
 	grep -qE "ftpatch_test: ftrace site at (init_)?text\+0x[0-9a-f]+: found 0xd503201f 0xd503201f, expected 0xaa1e03e9 0xd503201f: not rewritten by ftpatch" "$ftp" ||
 		die "boot ftpatch: no refusal of the damaged site (log $ftp)"
+	grep -q "^ftpatch-init: in-tree module trace_events_sample loaded: [1-9][0-9]* functions listed for ftrace; unloaded" "$ftp" ||
+		die "boot ftpatch: the in-tree module did not load with its functions listed (log $ftp)"
+	result intree_module_listed "$(sed -n 's/^ftpatch-init: in-tree module trace_events_sample loaded: \([0-9]*\) functions.*/\1/p' "$ftp")"
 	result module_refusals "\"$(grep -o 'ftpatch_test: ftrace site [^:]*: found 0x[0-9a-f]* 0x[0-9a-f]*' "$ftp" | sed 's/ftpatch_test: ftrace site at //' | paste -sd';')\""
 	for kind in ftpatch stock; do
 		logf=${RESULT[boot_log_$kind]//\"/}
 		grep -q '^ftpatch-init: module: reloaded and traced' "$logf" ||
 			die "boot $kind: the module checks did not finish (log $logf)"
-		result "module_calls_$kind" "\"$(sed -n 's/^ftpatch-init: module text .*calls go //p' "$logf")\""
+		# The last traced load is the one the checks ran on.
+		result "module_calls_$kind" "\"$(sed -n 's/^ftpatch-init: module load [0-9]*: text .*calls go //p' "$logf" | tail -1)\""
+		result "module_init_calls_$kind" "\"$(sed -n 's/^ftpatch-init: module load [0-9]*: init text .*calls go //p' "$logf" | tail -1)\""
+		result "module_loads_$kind" "$(grep -c '^ftpatch-init: module load [0-9]*: text ' "$logf")"
+		[ -z "$MODULE_PATH" ] || grep -q "^ftpatch-init: module: text and init text calls go $MODULE_PATH " "$logf" ||
+			die "boot $kind: the module's calls did not go $MODULE_PATH (log $logf)"
 	done
+}
+
+# module_stamp_check: the module build's stamp holds the FTPATCH command:
+# the same command leaves an unchanged module alone (checked in the build),
+# another one takes every module again, and then no more.
+module_stamp_check() {
+	local dir=$WORK/modules/ftpatch
+	FTPATCH="env FTPATCH_E2E_STAMP=1 $FTPATCH_CMD" "${KMAKE[@]}" M="$dir" modules \
+		> "$OUT/build-module-newcmd.log" 2>&1 || die "module rebuild failed (see $OUT/build-module-newcmd.log)"
+	grep -q 'FTPATCH \[M\] 1 module' "$OUT/build-module-newcmd.log" ||
+		die "another FTPATCH command did not rewrite the module again (see $OUT/build-module-newcmd.log)"
+	FTPATCH="env FTPATCH_E2E_STAMP=1 $FTPATCH_CMD" "${KMAKE[@]}" M="$dir" modules \
+		> "$OUT/build-module-samecmd.log" 2>&1 || die "module rebuild failed (see $OUT/build-module-samecmd.log)"
+	grep -q 'FTPATCH \[M\]' "$OUT/build-module-samecmd.log" &&
+		die "the same FTPATCH command rewrote an unchanged module again (see $OUT/build-module-samecmd.log)"
+	$FTPATCH_CMD rewrite --check --quiet "$dir/ftpatch_test.ko" ||
+		die "after the FTPATCH command changed, ftpatch_test.ko is not rewritten"
+	result module_stamp_tracks_command '"yes"'
 }
 
 # ops_check NAME: with OPS_CYCLES > 0, the passing boot of NAME ran the two
@@ -657,6 +704,7 @@ main() {
 	configure
 
 	if [ "$KVER" = 6.1 ]; then build_kernels_6_1; else build_kernels_6_12; fi
+	[ "$KVER" = 6.1 ] || module_stamp_check
 	grep -q -- "$PFE" "$BUILD/kernel/.fork.o.cmd" ||
 		die "kernel not compiled with $PFE"
 

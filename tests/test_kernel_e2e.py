@@ -302,5 +302,20 @@ def test_modules_rewritten_refused_and_traced(summary: dict[str, object]) -> Non
         assert "module: reloaded and traced" in text
         assert "__init function traced" in text
         assert "ftrace bug" not in text
+    # Both ways from module text to ftrace_caller, for its text and its
+    # __init text alike: 6.12 GCC with RANDOMIZE_MODULE_REGION_FULL through
+    # the module's ftrace PLTs (the init reloads the module until both are
+    # out of BL range), 6.12 Clang in a 128 MiB window around the kernel and
+    # 6.1 without KASLR with direct BLs.
+    direct, plt = "direct (BL in range)", "through the module's ftrace PLT"
+    want = {"6.1": direct, "6.12": plt, "6.12-clang": direct}[str(summary["_version"])]
+    for kind in ("ftpatch", "stock"):
+        assert summary[f"module_calls_{kind}"] == want, kind
+        assert summary[f"module_init_calls_{kind}"] == want, kind
+        loads = summary[f"module_loads_{kind}"]
+        assert isinstance(loads, int) and 1 <= loads <= 16, (kind, loads)
+    # Another FTPATCH command took the unchanged module again, once.
+    assert summary["module_stamp_tracks_command"] == "yes"
     print(f"module calls: ftpatch {summary['module_calls_ftpatch']},", end=" ")
-    print(f"stock {summary['module_calls_stock']}")
+    print(f"stock {summary['module_calls_stock']}; loads until placed:", end=" ")
+    print(f"ftpatch {summary['module_loads_ftpatch']}, stock {summary['module_loads_stock']}")

@@ -24,7 +24,9 @@
  *                        instance's trace must hold the workers' calls of
  *                        that function and no other function.
  *
- * With modules in the initramfs (/modules, 6.12), before the above:
+ *   ftpatch.module_path=plt|direct  see below (default: either)
+ *
+ * With modules in the initramfs (/modules), before the above:
  *   /modules/refuse-*.ko must each be refused by finit_module() (a module
  *   built for the other kernel, one whose sites were not rewritten, one
  *   with a damaged site); then /modules/ftpatch_test.ko is loaded with the
@@ -33,9 +35,15 @@
  *   kernel thread's calls must be traced, the tracer is switched on and off
  *   10 times while that thread runs, function_graph must trace it too; it
  *   is unloaded, loaded again, traced again and unloaded.  The distance
- *   from its text to ftrace_caller says whether its calls go through the
- *   module's ftrace PLT.  Everything after this then shows that ftrace
- *   still works for vmlinux.
+ *   from its text, and from its __init text (the address the module keeps
+ *   in its init_text parameter), to ftrace_caller says whether their calls
+ *   go through the module's ftrace PLTs.  ftpatch.module_path=plt (or
+ *   direct) asks for that path for both: the traced load is repeated, up
+ *   to 16 times, until the kernel has placed the module so (6.12 with
+ *   RANDOMIZE_MODULE_REGION_FULL places it anywhere in a 2 GiB region).
+ *   Each /modules/intree-*.ko (an in-tree module of the same build) must
+ *   load, with its functions listed for ftrace, and unload.  Everything
+ *   after this then shows that ftrace still works for vmlinux.
  *
  * The last line it prints is one of
  *   FTPATCH-E2E: PASS ...
@@ -184,6 +192,19 @@ static long cmdline_knob(const char *cmdline, const char *key, long dflt)
 	const char *p = strstr(cmdline, key);
 
 	return p ? strtol(p + strlen(key), NULL, 10) : dflt;
+}
+
+/* The word after @key in @cmdline, in @buf (empty when @key is absent). */
+static const char *cmdline_word(const char *cmdline, const char *key, char *buf, size_t size)
+{
+	const char *p = strstr(cmdline, key);
+	size_t n = 0;
+
+	if (p)
+		for (p += strlen(key); n + 1 < size && p[n] && !strchr(" \n", p[n]); n++)
+			buf[n] = p[n];
+	buf[n] = '\0';
+	return buf;
 }
 
 /*
@@ -504,6 +525,19 @@ static unsigned long kallsyms_addr(const char *name)
 	return addr;
 }
 
+static unsigned long distance(unsigned long a, unsigned long b)
+{
+	return a > b ? a - b : b - a;
+}
+
+/* How a BL at @from reaches @caller: "direct" within the +-128 MiB of a BL
+ * (less a page of slack), else through the module's ftrace PLT. */
+static const char *call_path(unsigned long from, unsigned long caller)
+{
+	return distance(from, caller) < (128UL << 20) - 4096 ?
+	       "direct (BL in range)" : "through the module's ftrace PLT";
+}
+
 /*
  * A burst of @tracer with the module filter on; the module's calls in it,
  * and fail unless each function in @want (NULL-terminated) shows up.
@@ -524,7 +558,50 @@ static int module_burst(const char *tracer, const char *const *want)
 	return calls;
 }
 
-static void check_modules(void)
+/*
+ * Each /modules/intree-NAME.ko (an in-tree module of the kernel's own
+ * build, rewritten by its "make modules") must load, which it only does if
+ * every site passed the kernel's check, with its functions listed for
+ * ftrace as "FN [NAME]" (dashes in NAME become underscores); it is then
+ * unloaded.
+ */
+static void check_intree_modules(void)
+{
+	DIR *dir = opendir(MODULE_DIR);
+	struct dirent *de;
+
+	if (!dir)
+		return;
+	while ((de = readdir(dir))) {
+		char path[300], name[128], tag[140], *funcs;
+		size_t len = strlen(de->d_name);
+		int err, listed;
+
+		if (strncmp(de->d_name, "intree-", 7) || len < 11 || len - 10 >= sizeof(name))
+			continue;
+		snprintf(name, sizeof(name), "%.*s", (int)(len - 10), de->d_name + 7);
+		for (char *c = name; *c; c++)
+			if (*c == '-')
+				*c = '_';
+		snprintf(path, sizeof(path), MODULE_DIR "/%s", de->d_name);
+		err = load_module(path);
+		if (err)
+			fail("in-tree module %s: %s", de->d_name, strerror(err));
+		snprintf(tag, sizeof(tag), " [%s]\n", name);
+		funcs = read_file(TRACEFS "/available_filter_functions", NULL);
+		listed = count_lines_with(funcs, tag);
+		free(funcs);
+		if (listed < 1)
+			fail("in-tree module %s: no function listed for ftrace", name);
+		if (syscall(SYS_delete_module, name, O_NONBLOCK))
+			fail("delete_module %s: %s", name, strerror(errno));
+		say("in-tree module %s loaded: %d functions listed for ftrace; unloaded",
+		    name, listed);
+	}
+	closedir(dir);
+}
+
+static void check_modules(const char *want_path)
 {
 	static const char *const body[] = {
 		TEST_MODULE "_indirect", TEST_MODULE "_static", TEST_MODULE "_global",
@@ -534,7 +611,7 @@ static void check_modules(void)
 	struct dirent *de;
 	DIR *dir = opendir(MODULE_DIR);
 	int refused = 0, err, calls;
-	unsigned long text, caller;
+	unsigned long text, caller, init_text;
 	double t0, t;
 
 	if (!dir)
@@ -552,35 +629,57 @@ static void check_modules(void)
 	}
 	closedir(dir);
 
-	/* 2. load with the tracer on and filtered to it: __init traced */
-	tracefs_write("set_ftrace_filter", "__arm64_sys_getppid :mod:" TEST_MODULE);
-	tracefs_write("tracing_on", "0");
-	tracefs_write("trace", "");
-	tracefs_write("current_tracer", "function");
-	tracefs_write("tracing_on", "1");
-	err = load_module(MODULE_DIR "/" TEST_MODULE ".ko");
-	tracefs_write("tracing_on", "0");
-	if (err)
-		fail("finit_module " TEST_MODULE ".ko: %s", strerror(err));
-	{
-		char *trace = read_file(TRACEFS "/trace", NULL);
+	/* 2. load with the tracer on and filtered to it: __init traced; again
+	 * until the module's text and __init text take the path asked for */
+	for (int load = 1;; load++) {
+		const char *text_path, *init_path;
 
-		if (!strstr(trace, TEST_MODULE "_init_fn")) {
-			printf("%.2000s\n", trace);
-			fail("the module's __init function was not traced");
+		tracefs_write("set_ftrace_filter", "__arm64_sys_getppid :mod:" TEST_MODULE);
+		tracefs_write("tracing_on", "0");
+		tracefs_write("trace", "");
+		tracefs_write("current_tracer", "function");
+		tracefs_write("tracing_on", "1");
+		err = load_module(MODULE_DIR "/" TEST_MODULE ".ko");
+		tracefs_write("tracing_on", "0");
+		if (err)
+			fail("finit_module " TEST_MODULE ".ko: %s", strerror(err));
+		{
+			char *trace = read_file(TRACEFS "/trace", NULL);
+
+			if (!strstr(trace, TEST_MODULE "_init_fn")) {
+				printf("%.2000s\n", trace);
+				fail("the module's __init function was not traced");
+			}
+			free(trace);
 		}
-		free(trace);
+		tracefs_write("current_tracer", "nop");
+		text = kallsyms_addr(TEST_MODULE "_global");
+		caller = kallsyms_addr("ftrace_caller");
+		{
+			char *param = read_file("/sys/module/" TEST_MODULE "/parameters/init_text", NULL);
+
+			init_text = strtoul(param, NULL, 10);
+			free(param);
+		}
+		if (!text || !caller || !init_text)
+			fail("kallsyms: " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx; "
+			     "init_text %#lx", text, caller, init_text);
+		text_path = call_path(text, caller);
+		init_path = call_path(init_text, caller);
+		say("module load %d: text " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx: "
+		    "%lu MiB apart, calls go %s", load, text, caller, distance(text, caller) >> 20,
+		    text_path);
+		say("module load %d: init text " TEST_MODULE "_init_fn at %#lx: %lu MiB from "
+		    "ftrace_caller, calls go %s", load, init_text, distance(init_text, caller) >> 20,
+		    init_path);
+		if (!*want_path || (strcasestr(text_path, want_path) && strcasestr(init_path, want_path)))
+			break;
+		if (load == 16)
+			fail("module: text and init text not both %s in %d loads", want_path, load);
+		unload_test_module();
 	}
-	tracefs_write("current_tracer", "nop");
-	text = kallsyms_addr(TEST_MODULE "_global");
-	caller = kallsyms_addr("ftrace_caller");
-	if (!text || !caller)
-		fail("kallsyms: " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx", text, caller);
-	say("module text " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx: "
-	    "%lu MiB apart, calls go %s", text, caller,
-	    (text > caller ? text - caller : caller - text) >> 20,
-	    (text > caller ? text - caller : caller - text) < (128UL << 20) - 4096 ?
-	    "direct (BL in range)" : "through the module's ftrace PLT");
+	if (*want_path)
+		say("module: text and init text calls go %s as ftpatch.module_path asked", want_path);
 
 	/* 3. switch the filtered tracer while the module's thread runs */
 	t0 = now();
@@ -684,7 +783,7 @@ static void check_ops_trace(void)
 
 int main(void)
 {
-	char *cmdline, *info;
+	char *cmdline, *info, module_path[16];
 	long switches, graph, ops;
 	double t0, t;
 
@@ -709,7 +808,9 @@ int main(void)
 	say("dyn_ftrace_total_info: %s", strtok(info, "\n") ?: "");
 	free(info);
 	say_text_address();
-	check_modules();
+	check_modules(cmdline_word(cmdline, "ftpatch.module_path=", module_path,
+				   sizeof(module_path)));
+	check_intree_modules();
 
 	/* Small buffers keep reading `trace` quick under emulation. */
 	tracefs_write("buffer_size_kb", "256");

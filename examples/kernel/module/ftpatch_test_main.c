@@ -20,6 +20,16 @@ int ftpatch_test_global(int x);
 static struct task_struct *ftpatch_test_thread;
 static unsigned long ftpatch_test_calls;
 
+/*
+ * Where ftpatch_test_init_fn() was: the init reads it here, since the
+ * module's __init symbols are gone from kallsyms once it has loaded, to
+ * tell whether calls from the module's init text reach ftrace_caller
+ * directly or through the init text's ftrace PLT.
+ */
+static unsigned long init_text;
+module_param(init_text, ulong, 0444);
+MODULE_PARM_DESC(init_text, "address of ftpatch_test_init_fn (read only)");
+
 /* The strong definition that overrides the weak one of ftpatch_test_weak.c. */
 noinline int ftpatch_test_weak(int x)
 {
@@ -66,6 +76,7 @@ static noinline int __init ftpatch_test_init_fn(void)
 
 static int __init ftpatch_test_init(void)
 {
+	init_text = (unsigned long)ftpatch_test_init_fn;
 	pr_info("ftpatch_test: loaded, init fn gives %d\n", ftpatch_test_init_fn());
 	ftpatch_test_thread = kthread_run(ftpatch_test_loop, NULL, "ftpatch_test");
 	return PTR_ERR_OR_ZERO(ftpatch_test_thread);
