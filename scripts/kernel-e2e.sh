@@ -575,7 +575,7 @@ build_kernels_6_12() {
 		refuse-foreign="$WORK/modules/stock/ftpatch_test.ko" \
 		refuse-unrewritten="$WORK/modules/unrewritten/ftpatch_test.ko" \
 		refuse-damaged="$OUT/ftpatch_test-damaged.ko" \
-		"intree-${INTREE_KO##*/}"="$OUT/intree-${INTREE_KO##*/}"
+		"intree-$(basename "$INTREE_KO" .ko)"="$OUT/intree-${INTREE_KO##*/}"
 	module_initrd stock "$WORK/modules/stock/ftpatch_test.ko" \
 		refuse-foreign="$WORK/modules/ftpatch/ftpatch_test.ko"
 }
