@@ -46,6 +46,7 @@
 #   FTPATCH              ftpatch command (default: python -m ftpatch from this repo, .venv's python if any)
 #   FTPATCH_E2E_SWITCHES function tracer on/off cycles in the ftpatch boot (30)
 #   FTPATCH_QEMU_TIMEOUT seconds before a boot is killed (900)
+#   FTPATCH_OOPS_GRACE   seconds a boot may run on after its first Oops (20)
 #   FTPATCH_FLAKE_RETRIES boots after a known qemu flake, each reported (12)
 #   FTPATCH_E2E_OPS      6.12: cycles with two ftrace users at once (10)
 #   JOBS                 make -j (default 2)
@@ -109,6 +110,7 @@ FTPATCH_PY=python3; [[ -x $REPO/.venv/bin/python ]] && FTPATCH_PY=$REPO/.venv/bi
 FTPATCH_CMD=${FTPATCH:-env PYTHONPATH=$REPO $FTPATCH_PY -m ftpatch}
 SWITCHES=${FTPATCH_E2E_SWITCHES:-30}
 QEMU_TIMEOUT=${FTPATCH_QEMU_TIMEOUT:-900}
+OOPS_GRACE=${FTPATCH_OOPS_GRACE:-20}
 FLAKE_RETRIES=${FTPATCH_FLAKE_RETRIES:-12}
 JOBS=${JOBS:-2}
 TARBALL=/usr/src/linux-source-$SRCVER.tar.xz
@@ -316,7 +318,24 @@ boot() {
 	timeout --foreground "$QEMU_TIMEOUT" qemu-system-aarch64 -M virt -cpu "$QEMU_CPU" -smp 4 -m 512 \
 		-nographic -no-reboot -nic none -kernel "$OUT/Image-$name" "${initrd[@]}" \
 		-append "console=ttyAMA0 panic=-1 ftpatch.switches=$switches ftpatch.graph=$graph ftpatch.ops=$OPS_CYCLES${MODULE_PATH:+ ftpatch.module_path=$MODULE_PATH}${BOOT_APPEND:+ $BOOT_APPEND}" \
-		< /dev/null > "$logf" 2>&1 || rc=$?
+		< /dev/null > "$logf" 2>&1 &
+	# An Oops fails the boot whatever follows, and often leaves the other
+	# CPUs stalled with the machine up until the timeout (15 minutes of a
+	# CI run): stop qemu OOPS_GRACE seconds after the first one, once every
+	# CPU has had time to print its report (qemu then says "terminating on
+	# signal 15" and exits 0; the judge fails the Oops, or calls it the
+	# known race).
+	local qpid=$! oops_at=
+	while kill -0 "$qpid" 2>/dev/null; do
+		sleep 1
+		[ -n "$oops_at" ] || ! grep -q 'Internal error: Oops' "$logf" || oops_at=$SECONDS
+		if [ -n "$oops_at" ] && [ $((SECONDS - oops_at)) -ge "$OOPS_GRACE" ]; then
+			log "boot $name: stopping qemu ${OOPS_GRACE}s after an Oops"
+			pkill -TERM -P "$qpid" 2>/dev/null || true
+			break
+		fi
+	done
+	wait "$qpid" || rc=$?
 	t1=$(now)
 	BOOT_LOG=$logf
 	BOOT_RC=$rc
