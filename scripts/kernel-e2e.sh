@@ -578,8 +578,10 @@ build_kernels_6_12() {
 	$FTPATCH_CMD rewrite --check --quiet "$BUILD/$INTREE_KO" ||
 		die "make modules left the in-tree $INTREE_KO not rewritten"
 	cp "$BUILD/$INTREE_KO" "$OUT/intree-${INTREE_KO##*/}"
-	result intree_module_sites "$($FTPATCH_CMD scan --json "$OUT/intree-${INTREE_KO##*/}" |
-		python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["files"][0]["counts"]))')"
+	$FTPATCH_CMD scan --json "$OUT/intree-${INTREE_KO##*/}" > "$OUT/scan-intree.json"
+	result intree_module_sites "$(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["files"][0]["counts"]))' "$OUT/scan-intree.json")"
+	# Its sites outside .init.text: what the kernel lists once it has loaded.
+	result intree_module_core_sites "$(python3 -c 'import json, sys; print(sum(not s["target_section"].startswith(".init") for s in json.load(open(sys.argv[1]))["files"][0]["sites"]))' "$OUT/scan-intree.json")"
 	"${KMAKE[@]}" M="$WORK/modules/ftpatch" modules > "$OUT/build-module-again.log" 2>&1 ||
 		die "module rebuild failed (see $OUT/build-module-again.log)"
 	grep -q 'FTPATCH \[M\]' "$OUT/build-module-again.log" &&
@@ -625,6 +627,8 @@ module_check() {
 	grep -q "^ftpatch-init: in-tree module trace_events_sample loaded: [1-9][0-9]* functions listed for ftrace; unloaded" "$ftp" ||
 		die "boot ftpatch: the in-tree module did not load with its functions listed (log $ftp)"
 	result intree_module_listed "$(sed -n 's/^ftpatch-init: in-tree module trace_events_sample loaded: \([0-9]*\) functions.*/\1/p' "$ftp")"
+	[ "${RESULT[intree_module_listed]}" = "${RESULT[intree_module_core_sites]}" ] ||
+		die "boot ftpatch: the in-tree module has ${RESULT[intree_module_core_sites]} sites outside .init.text, the kernel listed ${RESULT[intree_module_listed]} functions"
 	result module_refusals "\"$(grep -o 'ftpatch_test: ftrace site [^:]*: found 0x[0-9a-f]* 0x[0-9a-f]*' "$ftp" | sed 's/ftpatch_test: ftrace site at //' | paste -sd';')\""
 	for kind in ftpatch stock; do
 		logf=${RESULT[boot_log_$kind]//\"/}

@@ -314,6 +314,13 @@ def test_modules_rewritten_refused_and_traced(summary: dict[str, object]) -> Non
         assert summary[f"module_init_calls_{kind}"] == want, kind
         loads = summary[f"module_loads_{kind}"]
         assert isinstance(loads, int) and 1 <= loads <= 16, (kind, loads)
+    # The in-tree module (samples/trace_events), rewritten by the kernel's
+    # own "make modules": every site rewritten, and once loaded the kernel
+    # lists a function for each site outside .init.text.
+    intree = summary["intree_module_sites"]
+    assert isinstance(intree, dict) and intree["rewritten"] >= 2, intree
+    assert intree["pristine"] == intree["invalid"] == 0, intree
+    assert summary["intree_module_listed"] == summary["intree_module_core_sites"], summary
     # Another FTPATCH command took the unchanged module again, once.
     assert summary["module_stamp_tracks_command"] == "yes"
     print(f"module calls: ftpatch {summary['module_calls_ftpatch']},", end=" ")
