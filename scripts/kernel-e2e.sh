@@ -22,6 +22,9 @@
 #         prefix NOPs and the entry NOPs, PACIASP after them), booted on
 #         qemu -cpu max,pauth-impdef=on (FEAT_BTI and PAuth; the boot log
 #         must show both detected), in /var/tmp/ftpatch-kernel-6.12-clang.
+#         Without RANDOMIZE_MODULE_REGION_FULL: its modules call
+#         ftrace_caller directly, the GCC kernel's through their ftrace PLTs
+#         (ftpatch.module_path: the init reloads the module until so).
 #
 # From Debian's linux-source-VERSION this script builds, in one output
 # directory and incrementally, four arm64 tinyconfig+ftrace kernels:
