@@ -3,8 +3,10 @@
 #
 # FTPATCH_KERNEL_VERSION picks the kernel:
 #   6.1   (default) linux-source-6.1, DYNAMIC_FTRACE_WITH_REGS,
-#         -fpatchable-function-entry=2, patches/000[123]-*.patch; the
-#         rewrite runs when the FTPATCH variable is set
+#         -fpatchable-function-entry=2, no KASLR, patches/000[123]-*.patch;
+#         the rewrite runs when CONFIG_FTPATCH=y (FTPATCH names the
+#         command) and the link fails if vmlinux.o is not rewritten, as
+#         for 6.12 below; modules as for 6.12 (their calls go direct)
 #   6.12  linux-source-6.12, DYNAMIC_FTRACE_WITH_ARGS + _WITH_CALL_OPS,
 #         -fpatchable-function-entry=4,2 (two prefix NOPs hold the ops
 #         literal), KASLR (RELOCATABLE + RANDOMIZE_BASE: vmlinux is a PIE
@@ -28,13 +30,16 @@
 #
 # From Debian's linux-source-VERSION this script builds, in one output
 # directory and incrementally, four arm64 tinyconfig+ftrace kernels:
-#   stock     patches 0001 (inert hook, FTPATCH unset) + 0003 (timing print):
-#             the kernel writes MOV X9, X30 into every site at boot
-#   negative  FTPATCH set, so vmlinux.o is rewritten, but the arm64 ftrace
-#             code is stock (no 0002): must fail loudly (ftrace bug) at boot
-#   ftpatch   all three patches and FTPATCH set: must boot and trace
-#   unrewritten  all three patches, FTPATCH unset: the patched
-#             ftrace_init_nop() must refuse the NOPs (ftrace bug at boot)
+#   stock     patches 0001 (CONFIG_FTPATCH=n: hook inert) + 0003 (timing
+#             print): the kernel writes MOV X9, X30 into every site at boot
+#   negative  CONFIG_FTPATCH=y, so vmlinux.o is rewritten, but the arm64
+#             ftrace code is stock (no 0002): must fail loudly at boot
+#   ftpatch   all three patches and CONFIG_FTPATCH=y: must boot and trace
+#   unrewritten  all three patches, every ftpatch command "true" (after a
+#             build whose "rewrite" does nothing failed at the link): the
+#             patched ftrace_init_nop() must refuse the NOPs (ftrace bug)
+# plus the test module (examples/kernel/module) for the stock and ftpatch
+# kernels, one built with a "rewrite" that does nothing and one damaged,
 # boots each under qemu-system-aarch64 (-M virt, 4 CPUs; -nic none, as the
 # default NIC wants an iPXE ROM that is not installed) with the static init
 # from examples/kernel/init.c, judges every log, and writes
@@ -65,7 +70,9 @@ case "$KVER" in
 	FRAGMENT=$REPO/examples/kernel/ftpatch.config
 	PFE=-fpatchable-function-entry=2
 	OPS_CYCLES=0
-	FTRACE_Y=(DYNAMIC_FTRACE_WITH_REGS)
+	FTRACE_Y=(DYNAMIC_FTRACE_WITH_REGS MODULES MODULE_UNLOAD)
+	# No KASLR: the module region lies within BL range of the kernel text.
+	MODULE_PATH=direct
 	;;
 6.12 | 6.12-clang)
 	WORK=${FTPATCH_KERNEL_WORK:-/var/tmp/ftpatch-kernel-$KVER}
@@ -502,7 +509,7 @@ boot_expect_pass() {
 	[ "$verdict" = pass ] || die "boot $name: $verdict (log $BOOT_LOG)"
 }
 
-# set_ftpatch_config y|n: 6.12, CONFIG_FTPATCH in the build's .config.
+# set_ftpatch_config y|n: CONFIG_FTPATCH in the build's .config.
 set_ftpatch_config() {
 	if [ "$1" = y ]; then
 		"$SRC/scripts/config" --file "$BUILD/.config" --enable FTPATCH
@@ -529,24 +536,8 @@ build_ftpatch() {
 	grep -q 'FTVERIFY  *vmlinux' "$OUT/build-ftpatch.log" || die "ftpatch build did not verify vmlinux"
 }
 
-# 6.1: the link step runs when FTPATCH is set.
-build_kernels_6_1() {
-	# 1. stock: hook inert, the kernel writes the MOVs at boot.
-	unset FTPATCH
-	build stock
-
-	# 2. negative: the same stock kernel code, linked from the rewritten
-	#    vmlinux.o. Force the relink (nothing make tracks has changed).
-	export FTPATCH=$FTPATCH_CMD
-	rm -f "$BUILD/vmlinux"
-	build negative
-	grep -q 'FTPATCH  *vmlinux.o' "$OUT/build-negative.log" || die "negative build did not run ftpatch"
-
-	build_ftpatch
-}
-
-# 6.12: the link step runs when CONFIG_FTPATCH=y; FTPATCH names the command.
-build_kernels_6_12() {
+# The link step runs when CONFIG_FTPATCH=y; FTPATCH names the command.
+build_kernels() {
 	# 1. stock: CONFIG_FTPATCH=n, the kernel writes the MOVs at boot.
 	unset FTPATCH
 	set_ftpatch_config n
@@ -559,7 +550,8 @@ build_kernels_6_12() {
 		die "the stock build's in-tree $INTREE_KO is rewritten"
 
 	# 2. negative: CONFIG_FTPATCH=y without the arm64 kernel side (0002):
-	#    vmlinux.o is rewritten, ftrace_call_adjust() still adds 12/16.
+	#    vmlinux.o is rewritten, ftrace_call_adjust() still adds 12/16
+	#    (6.1: 4).
 	#    Nothing compiled depends on CONFIG_FTPATCH yet: force the relink.
 	export FTPATCH=$FTPATCH_CMD
 	set_ftpatch_config y
@@ -604,7 +596,7 @@ build_kernels_6_12() {
 		refuse-foreign="$WORK/modules/ftpatch/ftpatch_test.ko"
 }
 
-# module_check: 6.12, the passing boots refused each refuse-*.ko for the
+# module_check: the passing boots refused each refuse-*.ko for the
 # reason it was made for, and loaded, traced, unloaded and reloaded the
 # test module (the init checks the traces); the rest of each boot shows
 # ftrace still works.
@@ -621,8 +613,9 @@ module_check() {
 	grep -q "ftpatch_test: version magic '.* aarch64' should be '.* aarch64 ftpatch'" "$ftp" ||
 		die "boot ftpatch: no version magic message for the stock module (log $ftp)"
 	# ftpatch_module_check() refuses the unrewritten module at its first
-	# site (its record on the first prefix NOP: not at a BL slot) and the
-	# damaged one at the site damage_one_site changed (NOP where the MOV was).
+	# site (6.12: its record on the first prefix NOP, not at a BL slot; 6.1:
+	# on the first entry NOP, no MOV before it) and the damaged one at the
+	# site damage_one_site changed (NOP where the MOV was).
 	[ "$(grep -c 'ftpatch_test: ftrace site .*not rewritten by ftpatch' "$ftp")" -eq 2 ] ||
 		die "boot ftpatch: expected two module refusals by ftpatch_module_check (log $ftp)"
 	grep -qE "ftpatch_test: ftrace site at (init_)?text\+0x[0-9a-f]+: found 0xd503201f 0xd503201f, expected 0xaa1e03e9 0xd503201f: not rewritten by ftpatch" "$ftp" ||
@@ -729,8 +722,8 @@ main() {
 	build_init
 	configure
 
-	if [ "$KVER" = 6.1 ]; then build_kernels_6_1; else build_kernels_6_12; fi
-	[ "$KVER" = 6.1 ] || module_stamp_check
+	build_kernels
+	module_stamp_check
 	grep -q -- "$PFE" "$BUILD/kernel/.fork.o.cmd" ||
 		die "kernel not compiled with $PFE"
 
@@ -763,7 +756,7 @@ EOF
 	done
 	# And scripts/check-records.py (pyelftools alone, each record's state
 	# from the typed, sized function symbols, or from its words where the
-	# kernel kept a function without its symbol: 6.1's 40 overridden weak
+	# kernel kept a function without its symbol: 6.1's 45 (40 without MODULES) overridden weak
 	# functions): exit 1 on any non-zero record not in the expected state.
 	local expect prefix=0
 	[ "$KVER" = 6.1 ] || prefix=2
@@ -795,15 +788,10 @@ EOF
 
 	# 4. unrewritten: the ftpatch kernel code (0002) and a vmlinux.o that is
 	#    relinked from vmlinux.a and not rewritten: the patched
-	#    ftrace_init_nop() must refuse the NOPs.  6.1: FTPATCH unset.  6.12:
-	#    the link refuses an unrewritten vmlinux.o (checked first), so every
-	#    ftpatch command is replaced by "true" to get one.
-	if [ "$KVER" = 6.1 ]; then
-		unset FTPATCH
-		rm -f "$BUILD/vmlinux.o" "$BUILD/vmlinux"
-		build unrewritten
-		grep -q 'FTPATCH  *vmlinux.o' "$OUT/build-unrewritten.log" && die "unrewritten build ran ftpatch"
-	else
+	#    ftrace_init_nop() must refuse the NOPs.  The link refuses an
+	#    unrewritten vmlinux.o (checked first), so every ftpatch command is
+	#    replaced by "true" to get one.
+	{
 		# The build must fail when vmlinux.o is not rewritten: the ftpatch
 		# kernel with a "rewrite" that does nothing (every other ftpatch
 		# command real).
@@ -828,7 +816,7 @@ EOF
 		unset FTPATCH
 		$FTPATCH_CMD rewrite --check --quiet "$BUILD/vmlinux.o" &&
 			die "unrewritten build: vmlinux.o is rewritten"
-	fi
+	}
 
 	# Boots.
 	boot_expect_pass ftpatch "$SWITCHES" 3
@@ -839,7 +827,7 @@ EOF
 	ops_check stock
 	enabled_check stock
 	[ "$KVER" = 6.1 ] || kaslr_check
-	[ "$KVER" = 6.1 ] || module_check
+	module_check
 	[ "$KVER" != 6.12-clang ] || bti_check
 
 	# earlycon: these kernels may die before the PL011 driver takes the
