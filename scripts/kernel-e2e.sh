@@ -756,8 +756,8 @@ EOF
 	done
 	# And scripts/check-records.py (pyelftools alone, each record's state
 	# from the typed, sized function symbols, or from its words where the
-	# kernel kept a function without its symbol: 6.1's 45 (40 without MODULES) overridden weak
-	# functions): exit 1 on any non-zero record not in the expected state.
+	# kernel kept a function without its symbol: 6.1's overridden weak
+	# functions, 45 records with MODULES, 40 without): exit 1 on any non-zero record not in the expected state.
 	local expect prefix=0
 	[ "$KVER" = 6.1 ] || prefix=2
 	for kind in ftpatch stock; do
