@@ -15,7 +15,7 @@ PY=.venv/bin/python
 echo "== ruff"; $PY -m ruff check $(ls -d ftpatch tests benchmarks fuzz 2>/dev/null)
 echo "== mypy"; $PY -m mypy
 # Everything, the real-kernel end-to-end check included (scripts/kernel-e2e.sh,
-# pytest marker "kernel", about 10-15 minutes on 2 cores).  --quick skips
+# pytest marker "kernel", three kernels, 40-50 minutes on 2 cores).  --quick skips
 # that and the container build.
 marker=""
 if [[ $quick -eq 1 ]]; then marker="not kernel and not docker"; fi
