@@ -457,6 +457,8 @@ judge() {
 		echo flake:self-test
 	elif oops_race "$logf" "${3-$(list_end "$name" "$logf")}"; then
 		echo flake:oops-race
+	elif filter_leak "$logf" && [ "$BOOT_RC" -eq 0 ]; then
+		echo flake:filter-leak
 	else
 		local IFS=';'
 		echo "fail:${reasons[*]}"
@@ -477,6 +479,25 @@ EOF
 # boot_expect_pass NAME SWITCHES GRAPH: boot; on an exact known flake (see
 # judge) boot again, up to FLAKE_RETRIES more times, and report every flake
 # (flakes_NAME, flake_logs_NAME); anything else fails at once.  The
+# filter_leak LOG: true when LOG failed only in the init's module trace check
+# (a module function missing from a burst of the tracer filtered to the
+# module) and that trace shows functions the filter does not hold: the
+# kernel ran BLs it had not enabled, which is the stale-code flake of the
+# self-tests (examples/kernel/README.md) met later in the boot.  Seen on the
+# stock 6.1 kernel (graph trace of tick_handle_periodic with the filter on
+# the module).  Nothing else may have gone wrong.
+filter_leak() {
+	local logf=$1
+	[ "$(grep -c '^FTPATCH-E2E: FAIL' "$logf" || true)" -eq 1 ] || return 1
+	grep -qE "^FTPATCH-E2E: FAIL (function|function_graph): no ftpatch_test_[a-z_]+ in the module's trace \([0-9]+ calls\)$" "$logf" || return 1
+	! grep -qE 'FAILED|ftrace bug|Oops|Internal error:|WARNING:|Kernel panic' "$logf" || return 1
+	# The trace the init printed: from its last "# tracer:" header on.
+	awk '/^# tracer: /{n=NR} {line[NR]=$0} END{for(i=n;i<=NR;i++) if(n) print line[i]}' "$logf" |
+		grep -oE '[|] +[A-Za-z0-9_.]+\(\)|: [A-Za-z0-9_.]+ <-' |
+		sed -E 's/^[|] +//; s/^: //; s/\(\)$//; s/ <-$//' |
+		grep -qvE '^(ftpatch_test_[A-Za-z0-9_.]*|__arm64_sys_getppid)$'
+}
+
 # self-test flakes hit about one boot in two here (stock and ftpatch alike,
 # 2 host cores, qemu -smp 4); such a boot stops within seconds of the
 # self-tests, so 12 retries cost little and leave ~0.5^13 = 1e-4 of runs

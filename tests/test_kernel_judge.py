@@ -138,3 +138,22 @@ def test_an_unknown_self_test_failure_is_no_flake(tmp_path: Path) -> None:
     path = write_log(tmp_path, "\n".join(lines) + "\n")
     assert not selftest_flake(path)
     assert judge(path).startswith("fail:")
+
+
+def test_a_module_trace_with_unfiltered_functions_is_the_stale_code_flake(tmp_path: Path) -> None:
+    # The init's module check failed, and the trace it printed holds
+    # functions outside its filter: BLs the kernel had not enabled ran.
+    text = log_text("stock-boot-filter-leak")
+    assert judge(write_log(tmp_path, text)) == "flake:filter-leak"
+    # The same failure with no function outside the filter in the printed
+    # trace (the real log less its tick lines) is a plain failure.
+    own = [line for line in text.splitlines() if "tick_handle_periodic" not in line
+           and "calc_global_load_tick" not in line and not line.endswith("|  }")]
+    assert any("FTPATCH-E2E: FAIL" in line for line in own)
+    assert judge(write_log(tmp_path, "\n".join(own) + "\n")).startswith("fail:")
+    # And the leak with an Oops on top, or after a timeout, is a failure too.
+    (oops,) = _lines_with("ftpatch-boot-oops", "Internal error: Oops")[:1]
+    lines = text.splitlines()
+    path = write_log(tmp_path, "\n".join([*lines[:100], oops, *lines[100:]]) + "\n")
+    assert judge(path).startswith("fail:")
+    assert judge(write_log(tmp_path, text), boot_rc=124).startswith("fail:")
