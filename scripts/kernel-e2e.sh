@@ -96,7 +96,6 @@ case "$KVER" in
 	;;
 esac
 SRCVER=${KVER%-clang}
-MODULE_PATH=${MODULE_PATH:-}
 FRAGMENTS=("$FRAGMENT")
 QEMU_CPU=cortex-a57
 LLVM_MAKE=()
@@ -317,6 +316,12 @@ print(f".text+{at - base:#x}")
 EOF
 }
 
+# scan_counts JSON: the per-state site counts of the one file in an
+# "ftpatch scan --json" output, as JSON.
+scan_counts() {
+	python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["files"][0]["counts"]))' "$1"
+}
+
 # boot NAME SWITCHES GRAPH: one qemu boot of Image-NAME, log in boot-NAME[-try].log
 # (with $OUT/modules-NAME.cpio as a second initramfs when there is one)
 boot() {
@@ -327,7 +332,7 @@ boot() {
 	t0=$(now)
 	timeout --foreground "$QEMU_TIMEOUT" qemu-system-aarch64 -M virt -cpu "$QEMU_CPU" -smp 4 -m 512 \
 		-nographic -no-reboot -nic none -kernel "$OUT/Image-$name" "${initrd[@]}" \
-		-append "console=ttyAMA0 panic=-1 ftpatch.switches=$switches ftpatch.graph=$graph ftpatch.ops=$OPS_CYCLES${MODULE_PATH:+ ftpatch.module_path=$MODULE_PATH}${BOOT_APPEND:+ $BOOT_APPEND}" \
+		-append "console=ttyAMA0 panic=-1 ftpatch.switches=$switches ftpatch.graph=$graph ftpatch.ops=$OPS_CYCLES ftpatch.module_path=$MODULE_PATH${BOOT_APPEND:+ $BOOT_APPEND}" \
 		< /dev/null > "$logf" 2>&1 &
 	# An Oops fails the boot whatever follows, and often leaves the other
 	# CPUs stalled with the machine up until the timeout (15 minutes of a
@@ -476,9 +481,6 @@ print(f"{int(cyc.group(2)) / (float(mhz.group(1)) * 1e3):.2f}" if cyc and mhz el
 EOF
 }
 
-# boot_expect_pass NAME SWITCHES GRAPH: boot; on an exact known flake (see
-# judge) boot again, up to FLAKE_RETRIES more times, and report every flake
-# (flakes_NAME, flake_logs_NAME); anything else fails at once.  The
 # filter_leak LOG: true when LOG failed only in the init's module trace check
 # (a module function missing from a burst of the tracer filtered to the
 # module) and that trace shows functions the filter does not hold: the
@@ -498,6 +500,9 @@ filter_leak() {
 		grep -qvE '^(ftpatch_test_[A-Za-z0-9_.]*|__arm64_sys_getppid)$'
 }
 
+# boot_expect_pass NAME SWITCHES GRAPH: boot; on an exact known flake (see
+# judge) boot again, up to FLAKE_RETRIES more times, and report every flake
+# (flakes_NAME, flake_logs_NAME); anything else fails at once.  The
 # self-test flakes hit about one boot in two here (stock and ftpatch alike,
 # 2 host cores, qemu -smp 4); such a boot stops within seconds of the
 # self-tests, so 12 retries cost little and leave ~0.5^13 = 1e-4 of runs
@@ -595,15 +600,15 @@ build_kernels() {
 		die "make modules left the in-tree $INTREE_KO not rewritten"
 	cp "$BUILD/$INTREE_KO" "$OUT/intree-${INTREE_KO##*/}"
 	$FTPATCH_CMD scan --json "$OUT/intree-${INTREE_KO##*/}" > "$OUT/scan-intree.json"
-	result intree_module_sites "$(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["files"][0]["counts"]))' "$OUT/scan-intree.json")"
+	result intree_module_sites "$(scan_counts "$OUT/scan-intree.json")"
 	# Its sites outside .init.text: what the kernel lists once it has loaded.
 	result intree_module_core_sites "$(python3 -c 'import json, sys; print(sum(not s["target_section"].startswith(".init") for s in json.load(open(sys.argv[1]))["files"][0]["sites"]))' "$OUT/scan-intree.json")"
 	"${KMAKE[@]}" M="$WORK/modules/ftpatch" modules > "$OUT/build-module-again.log" 2>&1 ||
 		die "module rebuild failed (see $OUT/build-module-again.log)"
 	grep -q 'FTPATCH \[M\]' "$OUT/build-module-again.log" &&
 		die "an unchanged module was rewritten again (see $OUT/build-module-again.log)"
-	result module_sites "$($FTPATCH_CMD scan --json "$WORK/modules/ftpatch/ftpatch_test.ko" |
-		python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["files"][0]["counts"]))')"
+	$FTPATCH_CMD scan --json "$WORK/modules/ftpatch/ftpatch_test.ko" > "$OUT/scan-module.json"
+	result module_sites "$(scan_counts "$OUT/scan-module.json")"
 	FTPATCH=true build_module unrewritten
 	$FTPATCH_CMD rewrite --check --quiet "$WORK/modules/unrewritten/ftpatch_test.ko" &&
 		die "the module built with FTPATCH=true is rewritten"
@@ -655,7 +660,7 @@ module_check() {
 		result "module_calls_$kind" "\"$(sed -n 's/^ftpatch-init: module load [0-9]*: text .*calls go //p' "$logf" | tail -1)\""
 		result "module_init_calls_$kind" "\"$(sed -n 's/^ftpatch-init: module load [0-9]*: init text .*calls go //p' "$logf" | tail -1)\""
 		result "module_loads_$kind" "$(grep -c '^ftpatch-init: module load [0-9]*: text ' "$logf")"
-		[ -z "$MODULE_PATH" ] || grep -q "^ftpatch-init: module: text and init text calls go $MODULE_PATH " "$logf" ||
+		grep -q "^ftpatch-init: module: text and init text calls go $MODULE_PATH " "$logf" ||
 			die "boot $kind: the module's calls did not go $MODULE_PATH (log $logf)"
 	done
 }
@@ -664,12 +669,12 @@ module_check() {
 # the same command leaves an unchanged module alone (checked in the build),
 # another one takes every module again, and then no more.
 module_stamp_check() {
-	local dir=$WORK/modules/ftpatch
-	FTPATCH="env FTPATCH_E2E_STAMP=1 $FTPATCH_CMD" "${KMAKE[@]}" M="$dir" modules \
+	local dir=$WORK/modules/ftpatch newcmd="env FTPATCH_E2E_STAMP=1 $FTPATCH_CMD"
+	FTPATCH=$newcmd "${KMAKE[@]}" M="$dir" modules \
 		> "$OUT/build-module-newcmd.log" 2>&1 || die "module rebuild failed (see $OUT/build-module-newcmd.log)"
 	grep -q 'FTPATCH \[M\] 1 module' "$OUT/build-module-newcmd.log" ||
 		die "another FTPATCH command did not rewrite the module again (see $OUT/build-module-newcmd.log)"
-	FTPATCH="env FTPATCH_E2E_STAMP=1 $FTPATCH_CMD" "${KMAKE[@]}" M="$dir" modules \
+	FTPATCH=$newcmd "${KMAKE[@]}" M="$dir" modules \
 		> "$OUT/build-module-samecmd.log" 2>&1 || die "module rebuild failed (see $OUT/build-module-samecmd.log)"
 	grep -q 'FTPATCH \[M\]' "$OUT/build-module-samecmd.log" &&
 		die "the same FTPATCH command rewrote an unchanged module again (see $OUT/build-module-samecmd.log)"
@@ -762,7 +767,7 @@ EOF
 	local kind
 	for kind in stock ftpatch; do
 		$FTPATCH_CMD scan "$OUT/vmlinux-$kind" --json > "$OUT/scan-vmlinux-$kind.json"
-		result "scan_counts_vmlinux_$kind" "$(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["files"][0]["counts"]))' "$OUT/scan-vmlinux-$kind.json")"
+		result "scan_counts_vmlinux_$kind" "$(scan_counts "$OUT/scan-vmlinux-$kind.json")"
 	done
 	result objdump_mov_nop_sites_ftpatch "$(objdump_check ftpatch)"
 	result objdump_nop_nop_sites_stock "$(objdump_check stock)"
@@ -778,7 +783,8 @@ EOF
 	# And scripts/check-records.py (pyelftools alone, each record's state
 	# from the typed, sized function symbols, or from its words where the
 	# kernel kept a function without its symbol: 6.1's overridden weak
-	# functions, 45 records with MODULES, 40 without): exit 1 on any non-zero record not in the expected state.
+	# functions, 45 records with MODULES, 40 without): exit 1 on any
+	# non-zero record not in the expected state.
 	local expect prefix=0
 	[ "$KVER" = 6.1 ] || prefix=2
 	for kind in ftpatch stock; do
@@ -811,33 +817,30 @@ EOF
 	#    relinked from vmlinux.a and not rewritten: the patched
 	#    ftrace_init_nop() must refuse the NOPs.  The link refuses an
 	#    unrewritten vmlinux.o (checked first), so every ftpatch command is
-	#    replaced by "true" to get one.
-	{
-		# The build must fail when vmlinux.o is not rewritten: the ftpatch
-		# kernel with a "rewrite" that does nothing (every other ftpatch
-		# command real).
-		printf '%s\n' '#!/bin/sh' \
-			'# ftpatch whose "rewrite" (without --check) does nothing: the link must fail.' \
-			'if [ "$1" = rewrite ]; then' \
-			'	case " $* " in *" --check "*) ;; *) exit 0 ;; esac' \
-			'fi' \
-			"exec $FTPATCH_CMD \"\$@\"" > "$OUT/ftpatch-no-rewrite"
-		chmod +x "$OUT/ftpatch-no-rewrite"
-		rm -f "$BUILD/vmlinux.o" "$BUILD/vmlinux"
-		log "building with a rewrite that does nothing (the link must fail)"
-		if FTPATCH=$OUT/ftpatch-no-rewrite "${KMAKE[@]}" Image > "$OUT/build-norewrite.log" 2>&1; then
-			die "CONFIG_FTPATCH=y build succeeded with vmlinux.o not rewritten (see $OUT/build-norewrite.log)"
-		fi
-		grep -q 'vmlinux.o is not rewritten' "$OUT/build-norewrite.log" ||
-			die "the norewrite build failed, but not on the unrewritten vmlinux.o (see $OUT/build-norewrite.log)"
-		result norewrite_build_failed '"yes"'
-		export FTPATCH=true
-		rm -f "$BUILD/vmlinux.o" "$BUILD/vmlinux"
-		build unrewritten
-		unset FTPATCH
-		$FTPATCH_CMD rewrite --check --quiet "$BUILD/vmlinux.o" &&
-			die "unrewritten build: vmlinux.o is rewritten"
-	}
+	#    replaced by "true" to get one.  First that check: the ftpatch
+	#    kernel with a "rewrite" that does nothing (every other ftpatch
+	#    command real) must fail to link.
+	printf '%s\n' '#!/bin/sh' \
+		'# ftpatch whose "rewrite" (without --check) does nothing: the link must fail.' \
+		'if [ "$1" = rewrite ]; then' \
+		'	case " $* " in *" --check "*) ;; *) exit 0 ;; esac' \
+		'fi' \
+		"exec $FTPATCH_CMD \"\$@\"" > "$OUT/ftpatch-no-rewrite"
+	chmod +x "$OUT/ftpatch-no-rewrite"
+	rm -f "$BUILD/vmlinux.o" "$BUILD/vmlinux"
+	log "building with a rewrite that does nothing (the link must fail)"
+	if FTPATCH=$OUT/ftpatch-no-rewrite "${KMAKE[@]}" Image > "$OUT/build-norewrite.log" 2>&1; then
+		die "CONFIG_FTPATCH=y build succeeded with vmlinux.o not rewritten (see $OUT/build-norewrite.log)"
+	fi
+	grep -q 'vmlinux.o is not rewritten' "$OUT/build-norewrite.log" ||
+		die "the norewrite build failed, but not on the unrewritten vmlinux.o (see $OUT/build-norewrite.log)"
+	result norewrite_build_failed '"yes"'
+	export FTPATCH=true
+	rm -f "$BUILD/vmlinux.o" "$BUILD/vmlinux"
+	build unrewritten
+	unset FTPATCH
+	$FTPATCH_CMD rewrite --check --quiet "$BUILD/vmlinux.o" &&
+		die "unrewritten build: vmlinux.o is rewritten"
 
 	# Boots.
 	boot_expect_pass ftpatch "$SWITCHES" 3

@@ -57,6 +57,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -530,12 +531,16 @@ static unsigned long distance(unsigned long a, unsigned long b)
 	return a > b ? a - b : b - a;
 }
 
-/* How a BL at @from reaches @caller: "direct" within the +-128 MiB of a BL
- * (less a page of slack), else through the module's ftrace PLT. */
-static const char *call_path(unsigned long from, unsigned long caller)
+/* Whether a BL at @from cannot reach @caller (+-128 MiB, less a page of
+ * slack), so the module's calls go through its ftrace PLT. */
+static bool via_plt(unsigned long from, unsigned long caller)
 {
-	return distance(from, caller) < (128UL << 20) - 4096 ?
-	       "direct (BL in range)" : "through the module's ftrace PLT";
+	return distance(from, caller) >= (128UL << 20) - 4096;
+}
+
+static const char *call_path(bool plt)
+{
+	return plt ? "through the module's ftrace PLT" : "direct (BL in range)";
 }
 
 /*
@@ -612,10 +617,13 @@ static void check_modules(const char *want_path)
 	DIR *dir = opendir(MODULE_DIR);
 	int refused = 0, err, calls;
 	unsigned long text, caller, init_text;
+	bool want_plt = !strcmp(want_path, "plt");
 	double t0, t;
 
 	if (!dir)
 		return;
+	if (*want_path && !want_plt && strcmp(want_path, "direct"))
+		fail("ftpatch.module_path=%s: plt or direct", want_path);
 	/* 1. every refuse-*.ko is refused, and nothing else happens */
 	while ((de = readdir(dir))) {
 		if (strncmp(de->d_name, "refuse-", 7))
@@ -632,7 +640,7 @@ static void check_modules(const char *want_path)
 	/* 2. load with the tracer on and filtered to it: __init traced; again
 	 * until the module's text and __init text take the path asked for */
 	for (int load = 1;; load++) {
-		const char *text_path, *init_path;
+		bool text_plt, init_plt;
 
 		tracefs_write("set_ftrace_filter", "__arm64_sys_getppid :mod:" TEST_MODULE);
 		tracefs_write("tracing_on", "0");
@@ -664,15 +672,15 @@ static void check_modules(const char *want_path)
 		if (!text || !caller || !init_text)
 			fail("kallsyms: " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx; "
 			     "init_text %#lx", text, caller, init_text);
-		text_path = call_path(text, caller);
-		init_path = call_path(init_text, caller);
+		text_plt = via_plt(text, caller);
+		init_plt = via_plt(init_text, caller);
 		say("module load %d: text " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx: "
 		    "%lu MiB apart, calls go %s", load, text, caller, distance(text, caller) >> 20,
-		    text_path);
+		    call_path(text_plt));
 		say("module load %d: init text " TEST_MODULE "_init_fn at %#lx: %lu MiB from "
 		    "ftrace_caller, calls go %s", load, init_text, distance(init_text, caller) >> 20,
-		    init_path);
-		if (!*want_path || (strcasestr(text_path, want_path) && strcasestr(init_path, want_path)))
+		    call_path(init_plt));
+		if (!*want_path || (text_plt == want_plt && init_plt == want_plt))
 			break;
 		if (load == 16)
 			fail("module: text and init text not both %s in %d loads", want_path, load);
