@@ -157,3 +157,25 @@ def test_a_module_trace_with_unfiltered_functions_is_the_stale_code_flake(tmp_pa
     path = write_log(tmp_path, "\n".join([*lines[:100], oops, *lines[100:]]) + "\n")
     assert judge(path).startswith("fail:")
     assert judge(write_log(tmp_path, text), boot_rc=124).startswith("fail:")
+
+
+def test_a_boot_whose_module_region_cannot_show_the_path_is_booted_again(tmp_path: Path) -> None:
+    # A real boot (6.12 Clang, stock, ftpatch.module_path=plt): its random
+    # module region put the module in BL range of ftrace_caller, so the init
+    # stopped with AGAIN; the script boots again.
+    text = log_text("stock-boot-module-layout")
+    assert "FTPATCH-E2E: AGAIN module layout: " in text
+    assert judge(write_log(tmp_path, text)) == "again:module-layout"
+    # AGAIN after a self-test failure, an Oops, or a timeout is a failure.
+    lines = text.splitlines()
+    for extra in (
+        _lines_with("unrewritten-ftrace-bug", "Testing tracer function: ")[:1],
+        _lines_with("ftpatch-boot-oops", "Internal error: Oops")[:1],
+    ):
+        assert extra
+        path = write_log(tmp_path, "\n".join([*lines[:100], *extra, *lines[100:]]) + "\n")
+        assert judge(path).startswith("fail:")
+    assert judge(write_log(tmp_path, text), boot_rc=124).startswith("fail:")
+    # And a FAIL line is never turned into AGAIN.
+    failed = text.replace("FTPATCH-E2E: AGAIN module layout: ", "FTPATCH-E2E: FAIL module layout: ")
+    assert judge(write_log(tmp_path, failed)).startswith("fail:")

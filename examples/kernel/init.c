@@ -38,9 +38,14 @@
  *   from its text, and from its __init text (the address the module keeps
  *   in its init_text parameter), to ftrace_caller says whether their calls
  *   go through the module's ftrace PLTs.  ftpatch.module_path=plt (or
- *   direct) asks for that path for both: the traced load is repeated, up
- *   to 16 times, until the kernel has placed the module so (6.12 with
- *   RANDOMIZE_MODULE_REGION_FULL places it anywhere in a 2 GiB region).
+ *   direct) asks for that path for both.  The kernel picks its module
+ *   region at random once per boot (6.12: module_init_limits() in
+ *   arch/arm64/mm/init.c; with RANDOMIZE_MODULE_REGION_FULL a 2 GiB region
+ *   around the kernel, its bottom in BL range in about one boot in 15) and
+ *   vmalloc places each load at the lowest free address of it, so every
+ *   load of a boot takes the same path (seen: 16 loads, one address): when
+ *   it is not the one asked for, the init ends with "FTPATCH-E2E: AGAIN"
+ *   and the e2e script boots again.
  *   Each /modules/intree-*.ko (an in-tree module of the same build) must
  *   load, with its functions listed for ftrace, and unload.  Everything
  *   after this then shows that ftrace still works for vmlinux.
@@ -48,6 +53,7 @@
  * The last line it prints is one of
  *   FTPATCH-E2E: PASS ...
  *   FTPATCH-E2E: FAIL <reason>
+ *   FTPATCH-E2E: AGAIN <reason>  (this boot's layout cannot show what was asked)
  * and then it powers the machine off (qemu runs with -no-reboot).
  */
 #define _GNU_SOURCE
@@ -113,6 +119,23 @@ static void fail(const char *fmt, ...)
 	stop_workers();
 	va_start(ap, fmt);
 	printf("FTPATCH-E2E: FAIL ");
+	vprintf(fmt, ap);
+	printf("\n");
+	va_end(ap);
+	power_off();
+}
+
+/*
+ * Not a failure: this boot cannot show what was asked (the kernel placed
+ * something at random once per boot), so the e2e script boots again.
+ */
+static void again(const char *fmt, ...)
+{
+	va_list ap;
+
+	stop_workers();
+	va_start(ap, fmt);
+	printf("FTPATCH-E2E: AGAIN ");
 	vprintf(fmt, ap);
 	printf("\n");
 	va_end(ap);
@@ -543,24 +566,105 @@ static const char *call_path(bool plt)
 	return plt ? "through the module's ftrace PLT" : "direct (BL in range)";
 }
 
+/* Unload the test module and load it again (a new thread), filter set again. */
+static void reload_test_module(void)
+{
+	int err;
+
+	unload_test_module();
+	/* unloading dropped the module's functions from the filter */
+	tracefs_write("set_ftrace_filter", "__arm64_sys_getppid :mod:" TEST_MODULE);
+	err = load_module(MODULE_DIR "/" TEST_MODULE ".ko");
+	if (err)
+		fail("finit_module " TEST_MODULE ".ko again: %s", strerror(err));
+}
+
 /*
- * A burst of @tracer with the module filter on; the module's calls in it,
- * and fail unless each function in @want (NULL-terminated) shows up.
+ * Whether the trace line @line (@len bytes) names a function the module
+ * filter does not hold: function_graph's "|  name() {", "|  name();" and
+ * "|  } /\* name [module] *\/", the function tracer's ": name <-parent".
+ */
+static bool outside_filter(const char *line, size_t len)
+{
+	const char *end = line + len, *name = NULL, *p;
+	size_t n;
+
+	if ((p = memchr(line, '|', len))) {
+		for (p++; p < end && *p == ' '; p++)
+			;
+		if (p < end && *p == '}') {
+			p = memmem(p, end - p, "/* ", 3);
+			name = p ? p + 3 : NULL;
+		} else if (p < end) {
+			name = p;
+		}
+	} else if ((p = memmem(line, len, " <-", 3))) {
+		for (name = p; name > line && name[-1] != ' '; name--)
+			;
+	}
+	if (!name || name >= end)
+		return false;
+	n = strcspn(name, "( ;\n");
+	return !(n > strlen(TEST_MODULE "_") && !strncmp(name, TEST_MODULE "_", strlen(TEST_MODULE "_"))) &&
+	       !(n == strlen("__arm64_sys_getppid") && !strncmp(name, "__arm64_sys_getppid", n));
+}
+
+/* Lines of @trace naming a function the module filter does not hold. */
+static int lines_outside_filter(const char *trace)
+{
+	int n = 0;
+
+	for (const char *line = trace; *line; ) {
+		const char *end = strchr(line, '\n');
+		size_t len = end ? (size_t)(end - line) : strlen(line);
+
+		if (len && line[0] != '#' && outside_filter(line, len))
+			n++;
+		line += len + (end ? 1 : 0);
+	}
+	return n;
+}
+
+/*
+ * A burst of @tracer with the module filter on; the module's calls in it.
+ * Each function in @want (NULL-terminated) must show up.  Seen on stock
+ * and ftpatch kernels alike (6.12 Clang, 6.1 GCC; 3 of 8 boots of a 6.12
+ * Clang build): a function_graph burst without the thread loop's
+ * outermost function (ftpatch_test_indirect), its callees traced at depth
+ * 0; the function tracer traced it in the same boot.  The cause is not
+ * known here.  So a burst that lacks a function and holds nothing outside
+ * the filter is recorded again, first with the same thread, then after
+ * reloading the module (a new thread); each retry is reported and counted
+ * by the e2e script.  A burst with a function outside the filter (BLs the
+ * kernel had not enabled ran) fails at once; the script's judge calls
+ * that the stale-code flake when the kernel is stock or ftpatch alike.
  */
 static int module_burst(const char *tracer, const char *const *want)
 {
-	size_t len;
-	char *trace = record_burst(tracer, 300, &len);
-	int calls = count_lines_with(trace, TEST_MODULE "_");
+	for (int attempt = 1;; attempt++) {
+		size_t len;
+		char *trace = record_burst(tracer, 300, &len);
+		int calls = count_lines_with(trace, TEST_MODULE "_");
+		const char *missing = NULL;
 
-	for (int i = 0; want[i]; i++)
-		if (!strstr(trace, want[i])) {
-			printf("%.2000s\n", trace);
-			fail("%s: no %s in the module's trace (%d calls)", tracer, want[i], calls);
+		tracefs_write("current_tracer", "nop");
+		for (int i = 0; want[i] && !missing; i++)
+			if (!strstr(trace, want[i]))
+				missing = want[i];
+		if (!missing) {
+			free(trace);
+			return calls;
 		}
-	free(trace);
-	tracefs_write("current_tracer", "nop");
-	return calls;
+		if (attempt == 3 || lines_outside_filter(trace)) {
+			printf("%.2000s\n", trace);
+			fail("%s: no %s in the module's trace (%d calls)", tracer, missing, calls);
+		}
+		free(trace);
+		say("module: %s burst %d lacks %s (%d calls); recording again%s", tracer, attempt,
+		    missing, calls, attempt == 2 ? " after reloading the module" : "");
+		if (attempt == 2)
+			reload_test_module();
+	}
 }
 
 /*
@@ -617,7 +721,7 @@ static void check_modules(const char *want_path)
 	DIR *dir = opendir(MODULE_DIR);
 	int refused = 0, err, calls;
 	unsigned long text, caller, init_text;
-	bool want_plt = !strcmp(want_path, "plt");
+	bool want_plt = !strcmp(want_path, "plt"), text_plt, init_plt;
 	double t0, t;
 
 	if (!dir)
@@ -637,57 +741,53 @@ static void check_modules(const char *want_path)
 	}
 	closedir(dir);
 
-	/* 2. load with the tracer on and filtered to it: __init traced; again
-	 * until the module's text and __init text take the path asked for */
-	for (int load = 1;; load++) {
-		bool text_plt, init_plt;
+	/* 2. load with the tracer on and filtered to it: __init traced */
+	tracefs_write("set_ftrace_filter", "__arm64_sys_getppid :mod:" TEST_MODULE);
+	tracefs_write("tracing_on", "0");
+	tracefs_write("trace", "");
+	tracefs_write("current_tracer", "function");
+	tracefs_write("tracing_on", "1");
+	err = load_module(MODULE_DIR "/" TEST_MODULE ".ko");
+	tracefs_write("tracing_on", "0");
+	if (err)
+		fail("finit_module " TEST_MODULE ".ko: %s", strerror(err));
+	{
+		char *trace = read_file(TRACEFS "/trace", NULL);
 
-		tracefs_write("set_ftrace_filter", "__arm64_sys_getppid :mod:" TEST_MODULE);
-		tracefs_write("tracing_on", "0");
-		tracefs_write("trace", "");
-		tracefs_write("current_tracer", "function");
-		tracefs_write("tracing_on", "1");
-		err = load_module(MODULE_DIR "/" TEST_MODULE ".ko");
-		tracefs_write("tracing_on", "0");
-		if (err)
-			fail("finit_module " TEST_MODULE ".ko: %s", strerror(err));
-		{
-			char *trace = read_file(TRACEFS "/trace", NULL);
-
-			if (!strstr(trace, TEST_MODULE "_init_fn")) {
-				printf("%.2000s\n", trace);
-				fail("the module's __init function was not traced");
-			}
-			free(trace);
+		if (!strstr(trace, TEST_MODULE "_init_fn")) {
+			printf("%.2000s\n", trace);
+			fail("the module's __init function was not traced");
 		}
-		tracefs_write("current_tracer", "nop");
-		text = kallsyms_addr(TEST_MODULE "_global");
-		caller = kallsyms_addr("ftrace_caller");
-		{
-			char *param = read_file("/sys/module/" TEST_MODULE "/parameters/init_text", NULL);
-
-			init_text = strtoul(param, NULL, 10);
-			free(param);
-		}
-		if (!text || !caller || !init_text)
-			fail("kallsyms: " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx; "
-			     "init_text %#lx", text, caller, init_text);
-		text_plt = via_plt(text, caller);
-		init_plt = via_plt(init_text, caller);
-		say("module load %d: text " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx: "
-		    "%lu MiB apart, calls go %s", load, text, caller, distance(text, caller) >> 20,
-		    call_path(text_plt));
-		say("module load %d: init text " TEST_MODULE "_init_fn at %#lx: %lu MiB from "
-		    "ftrace_caller, calls go %s", load, init_text, distance(init_text, caller) >> 20,
-		    call_path(init_plt));
-		if (!*want_path || (text_plt == want_plt && init_plt == want_plt))
-			break;
-		if (load == 16)
-			fail("module: text and init text not both %s in %d loads", want_path, load);
-		unload_test_module();
+		free(trace);
 	}
-	if (*want_path)
+	tracefs_write("current_tracer", "nop");
+	text = kallsyms_addr(TEST_MODULE "_global");
+	caller = kallsyms_addr("ftrace_caller");
+	{
+		char *param = read_file("/sys/module/" TEST_MODULE "/parameters/init_text", NULL);
+
+		init_text = strtoul(param, NULL, 10);
+		free(param);
+	}
+	if (!text || !caller || !init_text)
+		fail("kallsyms: " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx; "
+		     "init_text %#lx", text, caller, init_text);
+	text_plt = via_plt(text, caller);
+	init_plt = via_plt(init_text, caller);
+	say("module: text " TEST_MODULE "_global at %#lx, ftrace_caller at %#lx: "
+	    "%lu MiB apart, calls go %s", text, caller, distance(text, caller) >> 20,
+	    call_path(text_plt));
+	say("module: init text " TEST_MODULE "_init_fn at %#lx: %lu MiB from "
+	    "ftrace_caller, calls go %s", init_text, distance(init_text, caller) >> 20,
+	    call_path(init_plt));
+	if (*want_path) {
+		if (text_plt != want_plt || init_plt != want_plt)
+			again("module layout: ftpatch.module_path=%s, but this boot's module "
+			      "region puts text %s and init text %s", want_path,
+			      text_plt ? "out of BL range" : "in BL range",
+			      init_plt ? "out of BL range" : "in BL range");
 		say("module: text and init text calls go %s as ftpatch.module_path asked", want_path);
+	}
 
 	/* 3. switch the filtered tracer while the module's thread runs */
 	t0 = now();
@@ -703,13 +803,8 @@ static void check_modules(const char *want_path)
 	calls = module_burst("function_graph", body);
 	say("module: function_graph: %d module lines in a burst", calls);
 
-	/* 4. unload, load again, trace again (unloading drops the module's
-	 * functions from the filter: set it again, for the next load) */
-	unload_test_module();
-	tracefs_write("set_ftrace_filter", "__arm64_sys_getppid :mod:" TEST_MODULE);
-	err = load_module(MODULE_DIR "/" TEST_MODULE ".ko");
-	if (err)
-		fail("finit_module " TEST_MODULE ".ko again: %s", strerror(err));
+	/* 4. unload, load again, trace again */
+	reload_test_module();
 	calls = module_burst("function", body);
 	unload_test_module();
 	tracefs_write("set_ftrace_filter", "");
