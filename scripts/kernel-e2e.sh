@@ -487,15 +487,20 @@ print(f"{int(cyc.group(2)) / (float(mhz.group(1)) * 1e3):.2f}" if cyc and mhz el
 EOF
 }
 
+# sole_verdict LOG ERE: true when LOG's one "FTPATCH-E2E:" line (the init's
+# last) matches ERE and the kernel reported nothing wrong in LOG.
+sole_verdict() {
+	[ "$(grep -c '^FTPATCH-E2E: ' "$1" || true)" -eq 1 ] || return 1
+	grep -qE "$2" "$1" || return 1
+	! grep -qE 'FAILED|ftrace bug|Oops|Internal error:|WARNING:|Kernel panic' "$1"
+}
+
 # module_layout LOG: true when the init stopped because this boot's module
 # region cannot show the module path asked for (ftpatch.module_path; the
 # kernel picks the region once per boot, examples/kernel/init.c) and
 # nothing had gone wrong before.
 module_layout() {
-	local logf=$1
-	[ "$(grep -c '^FTPATCH-E2E: ' "$logf" || true)" -eq 1 ] || return 1
-	grep -qE '^FTPATCH-E2E: AGAIN module layout: ' "$logf" || return 1
-	! grep -qE 'FAILED|ftrace bug|Oops|Internal error:|WARNING:|Kernel panic' "$logf"
+	sole_verdict "$1" '^FTPATCH-E2E: AGAIN module layout: '
 }
 
 # filter_leak LOG: true when LOG failed only in the init's module trace check
@@ -507,9 +512,7 @@ module_layout() {
 # the module).  Nothing else may have gone wrong.
 filter_leak() {
 	local logf=$1
-	[ "$(grep -c '^FTPATCH-E2E: FAIL' "$logf" || true)" -eq 1 ] || return 1
-	grep -qE "^FTPATCH-E2E: FAIL (function|function_graph): no ftpatch_test_[a-z_]+ in the module's trace \([0-9]+ calls\)$" "$logf" || return 1
-	! grep -qE 'FAILED|ftrace bug|Oops|Internal error:|WARNING:|Kernel panic' "$logf" || return 1
+	sole_verdict "$logf" "^FTPATCH-E2E: FAIL (function|function_graph): no ftpatch_test_[a-z_]+ in the module's trace \([0-9]+ calls\)$" || return 1
 	# The trace the init printed: from its last "# tracer:" header on.
 	awk '/^# tracer: /{n=NR} {line[NR]=$0} END{for(i=n;i<=NR;i++) if(n) print line[i]}' "$logf" |
 		grep -oE '[|] +[A-Za-z0-9_.]+\(\)|: [A-Za-z0-9_.]+ <-' |

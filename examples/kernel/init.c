@@ -112,17 +112,23 @@ static void power_off(void)
 		pause();
 }
 
+/* Print "FTPATCH-E2E: @verdict <reason>", the init's last line, and power off. */
+static void finish(const char *verdict, const char *fmt, va_list ap)
+{
+	stop_workers();
+	printf("FTPATCH-E2E: %s ", verdict);
+	vprintf(fmt, ap);
+	printf("\n");
+	power_off();
+}
+
 static void fail(const char *fmt, ...)
 {
 	va_list ap;
 
-	stop_workers();
 	va_start(ap, fmt);
-	printf("FTPATCH-E2E: FAIL ");
-	vprintf(fmt, ap);
-	printf("\n");
+	finish("FAIL", fmt, ap);
 	va_end(ap);
-	power_off();
 }
 
 /*
@@ -133,13 +139,9 @@ static void again(const char *fmt, ...)
 {
 	va_list ap;
 
-	stop_workers();
 	va_start(ap, fmt);
-	printf("FTPATCH-E2E: AGAIN ");
-	vprintf(fmt, ap);
-	printf("\n");
+	finish("AGAIN", fmt, ap);
 	va_end(ap);
-	power_off();
 }
 
 static double now(void)
@@ -268,6 +270,22 @@ static void start_workers(void)
 		workers[nworkers++] = pid;
 	}
 	say("%ld CPUs online, %d busy workers started", ncpus, nworkers);
+}
+
+/*
+ * The next line of a trace: @*pos moves past it; *@len is its length
+ * without the newline.  NULL at the end of the text.
+ */
+static const char *next_line(const char **pos, size_t *len)
+{
+	const char *line = *pos, *end;
+
+	if (!*line)
+		return NULL;
+	end = strchr(line, '\n');
+	*len = end ? (size_t)(end - line) : strlen(line);
+	*pos = line + *len + (end ? 1 : 0);
+	return line;
 }
 
 static int count_lines_with(const char *text, const char *needle)
@@ -612,16 +630,13 @@ static bool outside_filter(const char *line, size_t len)
 /* Lines of @trace naming a function the module filter does not hold. */
 static int lines_outside_filter(const char *trace)
 {
+	const char *pos = trace, *line;
+	size_t len;
 	int n = 0;
 
-	for (const char *line = trace; *line; ) {
-		const char *end = strchr(line, '\n');
-		size_t len = end ? (size_t)(end - line) : strlen(line);
-
+	while ((line = next_line(&pos, &len)))
 		if (len && line[0] != '#' && outside_filter(line, len))
 			n++;
-		line += len + (end ? 1 : 0);
-	}
 	return n;
 }
 
@@ -841,7 +856,7 @@ static void switch_two_users(long cycles)
  */
 static void check_ops_trace(void)
 {
-	size_t len;
+	size_t len, n;
 	char *trace = NULL;
 	int lines = 0, ours = 0, worker_calls = 0;
 
@@ -856,10 +871,7 @@ static void check_ops_trace(void)
 		tracefs_write(OPS_INSTANCE "/tracing_on", "0");
 		trace = read_file(TRACEFS "/" OPS_INSTANCE "/trace", &len);
 		lines = ours = 0;
-		for (char *line = trace; *line; ) {
-			char *end = strchr(line, '\n');
-			size_t n = end ? (size_t)(end - line) : strlen(line);
-
+		for (const char *pos = trace, *line; (line = next_line(&pos, &n)); ) {
 			if (n && line[0] != '#') {
 				lines++;
 				if (memmem(line, n, OPS_FUNCTION " <-", strlen(OPS_FUNCTION " <-")))
@@ -867,7 +879,6 @@ static void check_ops_trace(void)
 				else if (lines - ours <= 5)
 					say("not " OPS_FUNCTION " in " OPS_INSTANCE ": %.*s", (int)n, line);
 			}
-			line += n + (end ? 1 : 0);
 		}
 		worker_calls = count_worker_lines(trace);
 		say(OPS_INSTANCE " burst of %ld ms (function_graph at the top): %d lines, "
