@@ -442,9 +442,11 @@ class ElfFile:
         return (32, 24, 0) if self.big_endian else (0, 32, 48)
 
     @cached_property
-    def function_entries(self) -> dict[int, tuple[array, array]]:  # type: ignore[type-arg]
+    def function_entries(self) -> dict[int, tuple[array, array, array]]:  # type: ignore[type-arg]
         """Per section index: the sorted ``st_value`` of its function entries
-        (array ``Q``), and the symbol index naming each (array ``I``).
+        (array ``Q``), the symbol index naming each (array ``I``), and where
+        each function ends, ``st_value + st_size`` (array ``Q``: of several
+        symbols at one address, the largest extent).
 
         A function entry is where callers enter: a typed (STT_FUNC), sized
         (st_size > 0) symbol defined in a section, on the 4-byte grid.
@@ -469,13 +471,16 @@ class ElfFile:
         # One key per entry, sorted: st_value, then global before local, then
         # the symbol index (the first of several names at one address names it).
         found: dict[int, list[int]] = {}
+        # (st_shndx, st_value) -> the furthest st_value + st_size there
+        ends: dict[tuple[int, int], int] = {}
         # Sized symbols only, skipped at C speed (compress); their fields by
         # zip over the columns (copies, freed on return).
         sizes = words[2::3]
-        for index, w, value in zip(
+        for index, w, value, size in zip(
             compress(range(len(sizes)), sizes),
             compress(words[0::3], sizes),
             compress(words[1::3], sizes),
+            compress(sizes, sizes),
             strict=True,
         ):
             if (w >> info_shift) & 0xF != STT_FUNC:
@@ -495,18 +500,22 @@ class ElfFile:
             if keys is None:
                 keys = found[st_shndx] = []
             keys.append(value << 33 | local << 32 | index)
-        out: dict[int, tuple[array, array]] = {}  # type: ignore[type-arg]
+            at = (st_shndx, value)
+            if value + size > ends.get(at, 0):
+                ends[at] = min(value + size, 0xFFFF_FFFF_FFFF_FFFF)
+        out: dict[int, tuple[array, array, array]] = {}  # type: ignore[type-arg]
         for shndx, keys in found.items():
             keys.sort()
-            starts, symbols = array("Q"), array("I")
+            starts, symbols, stops = array("Q"), array("I"), array("Q")
             last = -1
             for key in keys:
                 value = key >> 33
                 if value != last:
                     starts.append(value)
                     symbols.append(key & 0xFFFFFFFF)
+                    stops.append(ends[shndx, value])
                     last = value
-            out[shndx] = (starts, symbols)
+            out[shndx] = (starts, symbols, stops)
         return out
 
     # -- relocations -----------------------------------------------------
