@@ -6,12 +6,13 @@ symbols, ``ElfFile.function_entries``); per record: the offset it points at.
 Output, per record (:class:`Verdict`): the state (pristine, rewritten,
 invalid) and the site's whole geometry: the layout, where callers enter, the
 MOV word, the BL slot and, under CALL_OPS, the ops literal; for an invalid
-site the reason and the place to name.  The rewrite's planner, ``scan``'s
-Sites and ``verify`` all take these fields from :func:`classify_file`;
-nothing else judges a site's words or works out its geometry again.
+site the reason and the place to name.  ``scan``'s Sites and ``verify``
+take these fields from :func:`classify_file`, the rewrite's planner from the
+same steps in columns; nothing else judges a site's words or works out its
+geometry again.
 
 The file's prefix length (``-fpatchable-function-entry=N,M``: M NOPs before
-each function symbol) is decided once, by :func:`agreed_prefix`, from the
+each function symbol) is decided once, by :class:`PrefixVote`, from the
 sites that have a function symbol.
 
 The rules, in order (a site is ``[prefix NOPs] [BTI C] first ; slot``):
@@ -424,82 +425,112 @@ class FileVerdicts(NamedTuple):
     prefix_exact: bool
 
 
-def agreed_prefix(sites: Iterable[tuple[Code, Verdict]]) -> tuple[int | None, bool]:
+class PrefixVote:
     """The file's prefix length: the one rule, from the sites with a function
-    symbol (the symbol is the entry).
+    symbol (the symbol is the entry), fed one verdict at a time (``add``).
 
     A pristine site's record says it exactly (its distance to the symbol);
     they must all agree.  A rewritten site's record is on its slot and no
     longer says: the NOPs before its entry bound it (they may also be
-    alignment padding), and the least of them is the bound.  Returns
-    ``(prefix, exact)``: exact when pristine sites agree on it (and no
+    alignment padding), and the least of them is the bound.  ``result()``
+    is ``(prefix, exact)``: exact when pristine sites agree on it (and no
     rewritten site has fewer NOPs before its entry), ``(bound, False)``
     from rewritten sites alone, ``(None, False)`` when nothing says or the
     sites disagree.  Only an exact prefix decides a symbol-less pristine
     site's layout (``_by_prefix``); either kind says whether the file is
     CALL_OPS, whose literal every site's check must look at.
     """
-    exact: set[int | None] = set()
-    least: int | None = None
-    for code, v in sites:
+
+    __slots__ = ("exact", "least")
+
+    def __init__(self) -> None:
+        self.exact: set[int | None] = set()
+        self.least: int | None = None
+
+    def add(self, code: Code, v: Verdict) -> None:
         f = v.owner
         if f < 0 or v.entry is None or code.starts[f] != v.entry:
-            continue
+            return
         if v.state is _PRISTINE:
-            exact.add(v.layout.prefix_nops if v.layout is not None else None)
+            self.exact.add(v.layout.prefix_nops if v.layout is not None else None)
         elif v.state is _REWRITTEN:
-            limit = MAX_PREFIX_WORDS if least is None else least
+            limit = MAX_PREFIX_WORDS if self.least is None else self.least
             n = 0
             while n < limit and word_at(code, v.entry - 4 * (n + 1)) == NOP:
                 n += 1
-            least = n
-    if exact:
-        if len(exact) == 1:
-            p = exact.pop()
-            if p is not None and (least is None or p <= least):
-                return p, True
-        return None, False
-    return least, False
+            self.least = n
+
+    def result(self) -> tuple[int | None, bool]:
+        least = self.least
+        if self.exact:
+            if len(self.exact) == 1:
+                p = next(iter(self.exact))
+                if p is not None and (least is None or p <= least):
+                    return p, True
+            return None, False
+        return least, False
 
 
-def classify_file(
-    codes: Sequence[Code | None], offsets: Sequence[int], *, literals: bool = True
-) -> FileVerdicts:
+def agreed_prefix(sites: Iterable[tuple[Code, Verdict]]) -> tuple[int | None, bool]:
+    """:class:`PrefixVote` over ``sites``."""
+    vote = PrefixVote()
+    for code, v in sites:
+        vote.add(code, v)
+    return vote.result()
+
+
+def depends_on_prefix(code: Code, v: Verdict) -> bool:
+    """Whether the file's prefix may change ``v`` (:func:`decide`): a
+    symbol-less pristine site whose words fit more than one layout, or a
+    rewritten site with no function symbol at its entry."""
+    if v.problem is Problem.PREFIX_UNKNOWN:
+        return True
+    if v.state is not _REWRITTEN or v.entry is None:
+        return False
+    return v.owner < 0 or code.starts[v.owner] != v.entry
+
+
+def decide(code: Code, v: Verdict, r: int, prefix: int, exact: bool) -> Verdict:
+    """``v``, the verdict of the record at ``r``, once the file's prefix is
+    known (only where :func:`depends_on_prefix`)."""
+    if v.problem is Problem.PREFIX_UNKNOWN:
+        if not exact:
+            return v
+        return classify(code._replace(prefix=prefix, prefix_exact=True), r)
+    if prefix and depends_on_prefix(code, v):
+        return _prefixed(code, v, prefix)
+    return v
+
+
+def classify_file(codes: Sequence[Code | None], offsets: Sequence[int]) -> FileVerdicts:
     """The verdict of every record of one file: record ``i`` points at offset
     ``offsets[i]`` of ``codes[i]`` (None: not mapped to code).
 
     Each site is classified, the file's prefix agreed from those with a
-    function symbol (:func:`agreed_prefix`), and then the sites that depend
-    on it are decided: a symbol-less pristine site whose words fit more than
-    one layout takes the exact prefix, and under CALL_OPS every site with a
-    slot names its literal (``literals=False`` skips that: the rewrite does
-    not need it).
+    function symbol (:class:`PrefixVote`), and then the sites that depend on
+    it decided (:func:`decide`); under CALL_OPS every site with a slot names
+    its literal.  (The rewrite's planner takes the same steps in columns.)
     """
-    verdicts: list[Verdict | None] = [
-        None if c is None else classify(c, r) for c, r in zip(codes, offsets, strict=True)
-    ]
-    prefix, exact = agreed_prefix(
-        (c, v) for c, v in zip(codes, verdicts, strict=True) if c is not None and v is not None
-    )
+    verdicts: list[Verdict | None] = []
+    vote = PrefixVote()
+    for c, r in zip(codes, offsets, strict=True):
+        if c is None:
+            verdicts.append(None)
+            continue
+        v = classify(c, r)
+        vote.add(c, v)
+        verdicts.append(v)
+    prefix, exact = vote.result()
     if prefix is None:
         return FileVerdicts(verdicts, None, False)
-    decided: dict[int, Code] = {}  # id of a Code -> the same, with the prefix
-    call_ops = literals and prefix == CALL_OPS_PREFIX
-    unknown = Problem.PREFIX_UNKNOWN
-    for i, (c, v) in enumerate(zip(codes, verdicts, strict=True)):
-        if c is None or v is None:
+    call_ops = prefix == CALL_OPS_PREFIX
+    for i, (c, judged) in enumerate(zip(codes, verdicts, strict=True)):
+        if c is None or judged is None:
             continue
-        if v.problem is unknown and exact:
-            known = decided.get(id(c))
-            if known is None:
-                known = decided[id(c)] = c._replace(prefix=prefix, prefix_exact=True)
-            v = verdicts[i] = classify(known, offsets[i])
-        elif prefix and v.state is _REWRITTEN and v.entry is not None:
-            f = v.owner
-            if f < 0 or c.starts[f] != v.entry:
-                v = verdicts[i] = _prefixed(c, v, prefix)
-        if call_ops and v.slot is not None:
-            verdicts[i] = v._replace(literal=literal_of(c, v.slot))
+        if depends_on_prefix(c, judged):
+            judged = verdicts[i] = decide(c, judged, offsets[i], prefix, exact)
+        if call_ops and judged.slot is not None:
+            verdicts[i] = judged._replace(literal=literal_of(c, judged.slot))
     return FileVerdicts(verdicts, prefix, exact)
 
 

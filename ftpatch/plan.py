@@ -11,7 +11,7 @@ a Location, a Layout) and two ``Edit`` objects for each cost more than the
 whole rewrite budget (benchmarks/bench_rewrite.py).  So the plan is made in
 columns: the records as arrays (``records.record_columns`` for the
 compilers' RELA layout; record by record for anything else and for linked
-images), one ``classify.classify_file`` over them, and edit columns of
+images), classified as ``classify.classify_file`` does, and edit columns of
 (file offset, old bytes, new bytes) that the one writer checks in bulk.
 Sites and ``Edit`` objects are made only for output that shows them
 (``--dry-run``, ``--json``: :func:`detail`) and for an error's message.
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import compress
 from operator import itemgetter
 from typing import NamedTuple, NoReturn
 
 from ftpatch import arm64
-from ftpatch.classify import Code, classify_file, code_of
+from ftpatch.classify import Code, PrefixVote, Verdict, classify, code_of, decide, depends_on_prefix
 from ftpatch.elf.reader import ET_REL, SHT_NOBITS, ElfFile
 from ftpatch.elf.records import (
     RECORD_SIZE,
@@ -81,7 +81,12 @@ class _Records(NamedTuple):
 
 
 def plan_file(elf: ElfFile, records_mode: RecordsMode = "auto") -> FilePlan:
-    """The plan of one file; raises ``SiteError`` at its first invalid site."""
+    """The plan of one file; raises ``SiteError`` at its first invalid site.
+
+    The steps of ``classify.classify_file`` (classify each record, agree the
+    file's prefix, decide the sites that depend on it), taken in columns:
+    no verdict is kept beyond its record but those the prefix decides.
+    """
     if elf.e_type == ET_REL:
         if not _names_readable(elf):
             from ftpatch.scan import scan_elf
@@ -90,43 +95,74 @@ def plan_file(elf: ElfFile, records_mode: RecordsMode = "auto") -> FilePlan:
         records = _object_records(elf)
     else:
         records = _image_records(elf, records_mode)
-    judged = classify_file(records.codes, records.offsets, literals=False)
-    verdicts = judged.verdicts
+    codes, offsets = records.codes, records.offsets
+    vote = PrefixVote()
+    add = vote.add
+    # Per record, how far its value moves (0: not at all; a move is never 0).
+    deltas = array("q", bytes(8 * len(offsets)))
+    pending: list[tuple[int, Verdict]] = []  # decided once the prefix is known
     pristine = rewritten = skipped = 0
     # Per code section (by identity): its file offset, and one byte per word,
     # 1 where a MOV goes: ascending, and one per entry (two records of one
     # entry mark it twice).
     marks: dict[int, tuple[int, bytearray]] = {}
-    moved: list[int] = []  # record indexes whose value moves, ascending
-    deltas: list[int] = []
-    for i, v in enumerate(verdicts):
-        if v is None:
+    for i, (code, r) in enumerate(zip(codes, offsets, strict=True)):
+        if code is None:
             if records.unmapped[i][2] is not None:
                 _refuse(elf, records_mode)
             skipped += 1
             continue
+        v = classify(code, r)
+        add(code, v)
+        if depends_on_prefix(code, v):
+            pending.append((i, v))
+            continue
         state = v.state
         if state is _PRISTINE:
             pristine += 1
-            code = records.codes[i]
-            assert code is not None and v.mov is not None and v.slot is not None
-            m = marks.get(id(code))
-            if m is None:
-                m = marks[id(code)] = (code.file_offset, bytearray(len(code.words)))
-            m[1][v.mov >> 2] = 1  # entries start on the grid
-            moved.append(i)
-            deltas.append(v.slot - records.offsets[i])
+            _move(marks, code, v, deltas, i, r)
         elif state is _REWRITTEN:
             rewritten += 1
         else:
             _refuse(elf, records_mode)
-    columns = _value_columns(elf, records, moved, deltas)
+    if pending:
+        prefix, exact = vote.result()
+        for i, v in pending:
+            code = codes[i]
+            assert code is not None
+            if prefix is not None:
+                v = decide(code, v, offsets[i], prefix, exact)
+            if v.state is _PRISTINE:
+                pristine += 1
+                _move(marks, code, v, deltas, i, offsets[i])
+            elif v.state is _REWRITTEN:
+                rewritten += 1
+            else:
+                _refuse(elf, records_mode)
+    columns = _value_columns(elf, records, deltas)
     for base, words in sorted(marks.values()):
-        offsets = array("Q", compress(range(base, base + 4 * len(words), 4), words))
-        if offsets:
-            n = len(offsets)
-            columns.append(EditColumn(4, offsets, _NOP_BYTES * n, _MOV_BYTES * n))
+        movs = array("Q", compress(range(base, base + 4 * len(words), 4), words))
+        if movs:
+            n = len(movs)
+            columns.append(EditColumn(4, movs, _NOP_BYTES * n, _MOV_BYTES * n))
     return FilePlan(pristine + rewritten + skipped, pristine, rewritten, skipped, columns)
+
+
+def _move(
+    marks: dict[int, tuple[int, bytearray]],
+    code: Code,
+    v: Verdict,
+    deltas: array,  # type: ignore[type-arg]
+    i: int,
+    r: int,
+) -> None:
+    """A pristine site: its MOV marked, its record moved to the BL slot."""
+    assert v.mov is not None and v.slot is not None
+    m = marks.get(id(code))
+    if m is None:
+        m = marks[id(code)] = (code.file_offset, bytearray(len(code.words)))
+    m[1][v.mov >> 2] = 1  # entries start on the grid
+    deltas[i] = v.slot - r
 
 
 def _refuse(elf: ElfFile, records_mode: RecordsMode) -> NoReturn:
@@ -155,34 +191,45 @@ def _names_readable(elf: ElfFile) -> bool:
 
 
 def _value_columns(
-    elf: ElfFile, records: _Records, moved: list[int], deltas: list[int]
+    elf: ElfFile,
+    records: _Records,
+    deltas: array,  # type: ignore[type-arg]
 ) -> list[EditColumn]:
     """The moved records' values (and their mirrors), one column per group."""
     columns: list[EditColumn] = []
     swap = elf.big_endian != (sys.byteorder == "big")  # ELF fields: the file's order
-    k = 0  # position in moved
     mirrors: list[tuple[int, int, int]] = []
-    for g, group in enumerate(records.groups):
-        stop = records.groups[g + 1].first if g + 1 < len(records.groups) else len(records.offsets)
-        lo = k
-        while k < len(moved) and moved[k] < stop:
-            k += 1
-        if lo == k:
-            continue
-        picked = [i - group.first for i in moved[lo:k]]
+    groups = records.groups
+    for g, group in enumerate(groups):
+        first = group.first
+        stop = groups[g + 1].first if g + 1 < len(groups) else len(deltas)
+        moves = deltas[first:stop]
         values = group.values
-        old = array("Q", itemgetter(*picked)(values) if len(picked) > 1 else [values[picked[0]]])
-        new = array("Q", [(o + d) & _U64 for o, d in zip(old, deltas[lo:k], strict=True)])
-        offsets = array("Q", [group.value_offsets[j] for j in picked])
-        for i, o, n in zip(moved[lo:k], old, new, strict=True):
-            mirror = records.mirrors.get(i)
-            if mirror is not None:
-                mirrors.append((mirror, o, n))
-        order = sorted(range(len(offsets)), key=offsets.__getitem__)
-        if order != list(range(len(offsets))):
-            offsets = array("Q", [offsets[j] for j in order])
-            old = array("Q", [old[j] for j in order])
-            new = array("Q", [new[j] for j in order])
+        if moves.count(0) == len(moves):
+            continue
+        # Two's complement: the same bytes for a signed r_addend or an address.
+        new = array("Q", [(a + d) & _U64 for a, d in zip(values, moves, strict=True)])
+        if 0 in moves:  # only some move (a file partly rewritten already)
+            picked = [j for j, d in enumerate(moves) if d]
+            pick = itemgetter(*picked) if len(picked) > 1 else _one(picked[0])
+            old = array("Q", pick(values))
+            new = array("Q", pick(new))
+            offsets = array("Q", pick(group.value_offsets))
+        else:
+            old = array("Q", values)
+            offsets = array("Q", group.value_offsets)
+        for j in range(len(offsets) - 1):
+            if offsets[j] >= offsets[j + 1]:  # a linked image's RELA addends, out of order
+                order = sorted(range(len(offsets)), key=offsets.__getitem__)
+                offsets = array("Q", [offsets[k] for k in order])
+                old = array("Q", [old[k] for k in order])
+                new = array("Q", [new[k] for k in order])
+                break
+        if records.mirrors:
+            for j, d in enumerate(moves):
+                mirror = records.mirrors.get(first + j)
+                if d and mirror is not None:
+                    mirrors.append((mirror, values[j], (values[j] + d) & _U64))
         if swap:  # back to the file's byte order
             old.byteswap()
             new.byteswap()
@@ -196,6 +243,15 @@ def _value_columns(
             new.byteswap()
         columns.append(EditColumn(8, array("Q", [m for m, _, _ in mirrors]), old, new))
     return columns
+
+
+def _one(index: int) -> Callable[[Sequence[int]], tuple[int]]:
+    """``itemgetter`` of one index, giving a tuple as it does of several."""
+
+    def pick(column: Sequence[int]) -> tuple[int]:
+        return (column[index],)
+
+    return pick
 
 
 def _object_records(elf: ElfFile) -> _Records:

@@ -471,16 +471,13 @@ class ElfFile:
         # One key per entry, sorted: st_value, then global before local, then
         # the symbol index (the first of several names at one address names it).
         found: dict[int, list[int]] = {}
-        # (st_shndx, st_value) -> the furthest st_value + st_size there
-        ends: dict[tuple[int, int], int] = {}
         # Sized symbols only, skipped at C speed (compress); their fields by
         # zip over the columns (copies, freed on return).
         sizes = words[2::3]
-        for index, w, value, size in zip(
+        for index, w, value in zip(
             compress(range(len(sizes)), sizes),
             compress(words[0::3], sizes),
             compress(words[1::3], sizes),
-            compress(sizes, sizes),
             strict=True,
         ):
             if (w >> info_shift) & 0xF != STT_FUNC:
@@ -500,9 +497,6 @@ class ElfFile:
             if keys is None:
                 keys = found[st_shndx] = []
             keys.append(value << 33 | local << 32 | index)
-            at = (st_shndx, value)
-            if value + size > ends.get(at, 0):
-                ends[at] = min(value + size, 0xFFFF_FFFF_FFFF_FFFF)
         out: dict[int, tuple[array, array, array]] = {}  # type: ignore[type-arg]
         for shndx, keys in found.items():
             keys.sort()
@@ -510,11 +504,15 @@ class ElfFile:
             last = -1
             for key in keys:
                 value = key >> 33
+                index = key & 0xFFFFFFFF
+                end = min(value + words[3 * index + 2], 0xFFFF_FFFF_FFFF_FFFF)
                 if value != last:
                     starts.append(value)
-                    symbols.append(key & 0xFFFFFFFF)
-                    stops.append(ends[shndx, value])
+                    symbols.append(index)
+                    stops.append(end)
                     last = value
+                elif end > stops[-1]:
+                    stops[-1] = end
             out[shndx] = (starts, symbols, stops)
         return out
 
