@@ -321,19 +321,21 @@ def test_modules_rewritten_refused_and_traced(summary: dict[str, object]) -> Non
         # (scripts/kernel-e2e.sh misplace_literal) has the MOV and the NOP
         # the kernel expects, and is refused by the words of its literal,
         # the ones the file holds there (the last of the function before).
+        # The kernel counts the site from the module's text, which need not
+        # start with .text (Clang's does not), so only the words are compared.
         assert "module refuse-literal-damaged.ko refused: Exec format error" in ftpatch
         made = re.fullmatch(
-            r"\.text\+0x[0-9a-f]+ -> \.text\+(0x[0-9a-f]+), MOV at \.text\+0x[0-9a-f]+;"
+            r"\.text\+0x[0-9a-f]+ -> \.text\+0x[0-9a-f]+, MOV at \.text\+0x[0-9a-f]+;"
             r" literal \.text\+0x[0-9a-f]+: (0x[0-9a-f]{8}) (0x[0-9a-f]{8})",
             str(summary["module_literal_damaged_site"]),
         )
         assert made, summary["module_literal_damaged_site"]
-        record, first, second = made.groups()
-        refusal = (
-            f"ftpatch_test: ftrace site at text+{record}: ops literal at site-0xc"
-            f" holds {first} {second}, not two NOPs: the kernel would overwrite them"
+        refusal = re.search(
+            r"ftpatch_test: ftrace site at text\+0x[0-9a-f]+: ops literal at site-0xc"
+            rf" holds {made[1]} {made[2]}, not two NOPs: the kernel would overwrite them",
+            ftpatch,
         )
-        assert refusal in ftpatch, (refusal, summary["module_literal_refusal"])
+        assert refusal, summary["module_literal_refusal"]
     # Loaded, its __init function and its thread traced by function and
     # function_graph around 10 switches, unloaded, loaded and traced again;
     # and ftrace still worked for vmlinux after the refusals (the boot passed).
