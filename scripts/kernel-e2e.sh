@@ -320,6 +320,68 @@ print(f".text+{at - base:#x}")
 EOF
 }
 
+# misplace_literal KO OUT: OUT is the rewritten CALL_OPS module KO with its
+# one site in .text that has no function symbol (the overridden weak
+# function of examples/kernel/module keeps its code and record, not its
+# symbol) rewritten one word off, as a classifier that does not find that
+# site's entry would: the MOV on the first prefix NOP (the correct MOV
+# turned back into a NOP), the record (its RELA addend) on the second.
+# The MOV and the NOP around that record are what the kernel expects, but
+# the kernel's literal, ALIGN_DOWN(record - 12, 8), is then the last two
+# words of the function before, which must not be NOPs or the copy proves
+# nothing.  Done with pyelftools, not ftpatch; prints the change.
+misplace_literal() {
+	"$FTPATCH_PY" - "$1" "$2" <<'EOF'
+import shutil, struct, sys
+from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
+NOP, MOV, BTI_C = 0xD503201F, 0xAA1E03E9, 0xD503245F  # nop; mov x9, x30; bti c
+src, dst = sys.argv[1:3]
+with open(src, "rb") as f:
+    elf = ELFFile(f)
+    text_index = next(i for i, s in enumerate(elf.iter_sections()) if s.name == ".text")
+    text = elf.get_section(text_index)
+    base, data = text["sh_offset"], text.data()
+    symtab = elf.get_section_by_name(".symtab")
+    entries = {s["st_value"] for s in symtab.iter_symbols()
+               if s["st_info"]["type"] == "STT_FUNC" and s["st_shndx"] == text_index}
+    # (file offset of the record's RELA entry, its symbol's value, the BL slot in .text)
+    records = []
+    for rela in elf.iter_sections():
+        if not isinstance(rela, RelocationSection) or \
+                elf.get_section(rela["sh_info"]).name != "__patchable_function_entries":
+            continue
+        for i, r in enumerate(rela.iter_relocations()):
+            sym = symtab.get_symbol(r["r_info_sym"])
+            if sym["st_shndx"] == text_index:
+                records.append((rela["sh_offset"] + i * rela["sh_entsize"], sym["st_value"],
+                                sym["st_value"] + r["r_addend"]))
+word = lambda offset: struct.unpack_from("<I", data, offset)[0]
+# Callers enter at the BTI C when there is one, else at the MOV.
+entry = lambda slot: slot - 8 if word(slot - 8) == BTI_C else slot - 4
+symless = [r for r in records if entry(r[2]) not in entries]
+if len(symless) != 1:
+    sys.exit(f"{src}: {len(symless)} sites in .text without a function symbol, expected 1")
+rela_at, sym_value, slot = symless[0]
+prefix = (slot - 12) & ~7
+if (word(prefix), word(prefix + 4), word(slot - 4), word(slot)) != (NOP, NOP, MOV, NOP):
+    sys.exit(f"{src}: .text+{slot:#x} is not a rewritten CALL_OPS site")
+# The kernel's literal for a record on the second prefix NOP.
+literal = (prefix + 4 - 12) & ~7
+if (word(literal), word(literal + 4)) == (NOP, NOP):
+    sys.exit(f"{src}: the words before .text+{prefix:#x} are NOPs: overwriting them proves nothing")
+shutil.copyfile(src, dst)
+with open(dst, "r+b") as f:
+    for at, value in ((slot - 4, NOP), (prefix, MOV)):
+        f.seek(base + at)
+        f.write(struct.pack("<I", value))
+    f.seek(rela_at + 16)  # Elf64_Rela.r_addend
+    f.write(struct.pack("<q", prefix + 4 - sym_value))
+print(f".text+{slot:#x} -> .text+{prefix + 4:#x}, MOV at .text+{prefix:#x};"
+      f" literal .text+{literal:#x}: {word(literal):#010x} {word(literal + 4):#010x}")
+EOF
+}
+
 # scan_counts JSON: the per-state site counts of the one file in an
 # "ftpatch scan --json" output, as JSON.
 scan_counts() {
@@ -645,10 +707,28 @@ build_kernels() {
 	$FTPATCH_CMD rewrite --check --quiet "$WORK/modules/unrewritten/ftpatch_test.ko" &&
 		die "the module built with FTPATCH=true is rewritten"
 	result module_damaged_site "\"$(damage_one_site "$WORK/modules/ftpatch/ftpatch_test.ko" "$OUT/ftpatch_test-damaged.ko")\""
+	# CALL_OPS kernels: one whose ops literal lies over code, which ftpatch
+	# verify must fail too (until it does, a warning: the kernel refuses it).
+	local literal=() where rc=0
+	if [ "$KVER" != 6.1 ]; then
+		where=$(misplace_literal "$WORK/modules/ftpatch/ftpatch_test.ko" "$OUT/ftpatch_test-literal-damaged.ko") ||
+			die "could not make the literal-damaged module"
+		result module_literal_damaged_site "\"$where\""
+		literal=(refuse-literal-damaged="$OUT/ftpatch_test-literal-damaged.ko")
+		$FTPATCH_CMD verify "$OUT/ftpatch_test-literal-damaged.ko" > "$OUT/verify-literal-damaged.log" 2>&1 || rc=$?
+		case $rc in
+		0)
+			result module_literal_damaged_verify '"passed"'
+			printf 'E2E WARN ftpatch verify passes the literal-damaged module (see %s)\n' "$OUT/verify-literal-damaged.log"
+			;;
+		1) result module_literal_damaged_verify "\"failed: $(grep -m1 -o 'FAIL.*' "$OUT/verify-literal-damaged.log" | tr -d '"')\"" ;;
+		*) DEFERRED_FAIL+=("ftpatch verify exited $rc on $OUT/ftpatch_test-literal-damaged.ko") ;;
+		esac
+	fi
 	module_initrd ftpatch "$WORK/modules/ftpatch/ftpatch_test.ko" \
 		refuse-foreign="$WORK/modules/stock/ftpatch_test.ko" \
 		refuse-unrewritten="$WORK/modules/unrewritten/ftpatch_test.ko" \
-		refuse-damaged="$OUT/ftpatch_test-damaged.ko" \
+		refuse-damaged="$OUT/ftpatch_test-damaged.ko" "${literal[@]}" \
 		"intree-$(basename "$INTREE_KO" .ko)"="$OUT/intree-${INTREE_KO##*/}"
 	module_initrd stock "$WORK/modules/stock/ftpatch_test.ko" \
 		refuse-foreign="$WORK/modules/ftpatch/ftpatch_test.ko"
@@ -678,6 +758,15 @@ module_check() {
 		die "boot ftpatch: expected two module refusals by ftpatch_module_check (log $ftp)"
 	grep -qE "ftpatch_test: ftrace site at (init_)?text\+0x[0-9a-f]+: found 0xd503201f 0xd503201f, expected 0xaa1e03e9 0xd503201f: not rewritten by ftpatch" "$ftp" ||
 		die "boot ftpatch: no refusal of the damaged site (log $ftp)"
+	# CALL_OPS: the literal-damaged one at its misplaced record, by the
+	# words of its literal (the MOV and the NOP there are as expected).
+	if [ "$KVER" != 6.1 ]; then
+		grep -q "^ftpatch-init: module refuse-literal-damaged.ko refused: Exec format error" "$ftp" ||
+			die "boot ftpatch: refuse-literal-damaged.ko not refused (log $ftp)"
+		result module_literal_refusal "\"$(grep -oE 'ftpatch_test: ftrace site at text\+0x[0-9a-f]+: ops literal at site-0xc holds 0x[0-9a-f]{8} 0x[0-9a-f]{8}, not two NOPs: the kernel would overwrite them' "$ftp" | head -1)\""
+		[ -n "${RESULT[module_literal_refusal]//\"/}" ] ||
+			die "boot ftpatch: no refusal of the literal-damaged site by its literal (log $ftp)"
+	fi
 	grep -q "^ftpatch-init: in-tree module trace_events_sample loaded: [1-9][0-9]* functions listed for ftrace; unloaded" "$ftp" ||
 		die "boot ftpatch: the in-tree module did not load with its functions listed (log $ftp)"
 	result intree_module_listed "$(sed -n 's/^ftpatch-init: in-tree module trace_events_sample loaded: \([0-9]*\) functions.*/\1/p' "$ftp")"
