@@ -482,22 +482,27 @@ def agreed_prefix(sites: Iterable[tuple[Code, Verdict]]) -> tuple[int | None, bo
 def depends_on_prefix(code: Code, v: Verdict) -> bool:
     """Whether the file's prefix may change ``v`` (:func:`decide`): a
     symbol-less pristine site whose words fit more than one layout, or a
-    rewritten site with no function symbol at its entry."""
+    site with no function symbol at its entry."""
     if v.problem is Problem.PREFIX_UNKNOWN:
         return True
-    if v.state is not _REWRITTEN or v.entry is None:
+    if v.state is _INVALID or v.entry is None:
         return False
     return v.owner < 0 or code.starts[v.owner] != v.entry
 
 
 def decide(code: Code, v: Verdict, r: int, prefix: int, exact: bool) -> Verdict:
     """``v``, the verdict of the record at ``r``, once the file's prefix is
-    known (only where :func:`depends_on_prefix`)."""
+    known (only where :func:`depends_on_prefix`).
+
+    Only an exact prefix (what pristine sites show) decides: a rewritten
+    file's bound may be alignment padding, and a rewrite must never refuse
+    the file it wrote.  (verify's ops-literal check looks at the literal of
+    every site of a CALL_OPS file, bound or not.)"""
+    if not exact:
+        return v
     if v.problem is Problem.PREFIX_UNKNOWN:
-        if not exact:
-            return v
         return classify(code._replace(prefix=prefix, prefix_exact=True), r)
-    if prefix and depends_on_prefix(code, v):
+    if prefix:
         return _prefixed(code, v, prefix)
     return v
 
@@ -535,19 +540,24 @@ def classify_file(codes: Sequence[Code | None], offsets: Sequence[int]) -> FileV
 
 
 def _prefixed(code: Code, v: Verdict, prefix: int) -> Verdict:
-    """A rewritten site with no function symbol at its entry, in a file whose
-    functions have ``prefix`` NOPs before their entries: the same NOPs must
-    precede its entry, or its record is not where a rewrite puts it (a MOV
+    """A site with no function symbol at its entry, in a file whose functions
+    have ``prefix`` NOPs before their entries: the same NOPs must precede
+    its entry.  Else the record is not where a rewrite puts it (a MOV
     written over the first of its prefix NOPs, by a rewrite that took the
-    prefix for the entry, reads as a rewritten site with no prefix)."""
+    prefix for the entry, reads as a rewritten site with no prefix), or,
+    pristine, the site has no room for the CALL_OPS literal."""
     assert v.entry is not None
     for o in range(v.entry - 4 * prefix, v.entry, 4):
         if word_at(code, o) != NOP:
             why = (
                 f"no function symbol at the entry ({code.name}+{v.entry:#x}), and the "
                 f"{prefix} words before it are {_words(code, v.entry - 4 * prefix, prefix)}, "
-                f"not the {prefix} prefix NOPs every function of this file has: the record is "
-                "not where a rewrite of this site puts it"
+                f"not the {prefix} prefix NOPs every function of this file has"
+                + (
+                    ": the record is not where a rewrite of this site puts it"
+                    if v.state is _REWRITTEN
+                    else ""
+                )
             )
             return v._replace(state=_INVALID, reason=why, problem=Problem.OTHER)
     return v
