@@ -162,7 +162,11 @@ def cmd_scan(a: argparse.Namespace) -> None:
 
 
 def cmd_note(a: argparse.Namespace) -> None:
-    report(Summary(a.summary), {a.key: note_value(a.key, a.value)})
+    try:
+        value = note_value(a.key, a.value)
+    except ValueError as e:
+        raise Failed(f"note: {e}") from e
+    report(Summary(a.summary), {a.key: value})
 
 
 def cmd_damage(a: argparse.Namespace) -> None:
