@@ -10,7 +10,9 @@ to show where the rules stop: a flake plus anything else is a failure.
 
 from __future__ import annotations
 
+import json
 import lzma
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from kernel_e2e import bootlog, rules
 from kernel_e2e.__main__ import main
 from kernel_e2e.bootlog import BootLog, Outcome
 from kernel_e2e.rules import NegativeFailure, Verdict
+from kernel_e2e.summary import Summary, note_value
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "tests" / "data" / "kernel-boots"
@@ -29,6 +32,7 @@ def log_text(name: str) -> str:
     return lzma.decompress((LOGS / f"{name}.log.xz").read_bytes()).decode()
 
 
+@cache
 def log(name: str) -> BootLog:
     return bootlog.read(LOGS / f"{name}.log.xz")
 
@@ -280,3 +284,45 @@ def test_kaslr_needs_two_different_non_zero_offsets() -> None:
     assert not same.passed and "same KASLR offset" in str(same)
     unmoved = rules.kaslr_check({"ftpatch": (log("ftpatch-boot-pass"), None), "stock": (boot, 1)})
     assert not unmoved.passed and 'no "KASLR enabled"' in str(unmoved)
+
+
+def test_enabled_functions_must_match_the_live_records() -> None:
+    # This 6.1 log predates the init's enabled_functions line.
+    judgement = rules.enabled_check(log("ftpatch-boot-pass"))
+    assert judgement.reasons == ("the function tracer enabled ? functions of 8824 live records",)
+
+
+def test_two_ftrace_users_only_where_asked() -> None:
+    assert rules.ops_check(log("ftpatch-boot-pass"), 0).passed
+    judgement = rules.ops_check(log("ftpatch-boot-pass"), 10)
+    assert judgement.reasons == ('no "two ftrace users: 10 cycles" line', "no instance burst line")
+
+
+def test_linked_records_agree_with_the_object_and_the_kernels() -> None:
+    # 6.12's figures: 10,352 records in vmlinux.o, 50 zeroed by sorttable.
+    linked = {"ftpatch": (10302, 50), "stock": (10302, 50)}
+    assert rules.linked_check(10352, linked, {"ftpatch": 10302, "stock": 10302}).passed
+    short = rules.linked_check(10352, linked, {"ftpatch": 10301, "stock": 10302})
+    assert not short.passed and "the kernel recorded 10301" in str(short)
+    lost = rules.linked_check(10353, linked, {"ftpatch": 10302, "stock": 10302})
+    assert not lost.passed and "vmlinux.o has 10353 records" in str(lost)
+
+
+# -- the summary ---------------------------------------------------------------------
+
+
+def test_the_summary_keeps_each_key_typed(tmp_path: Path) -> None:
+    summary = Summary(tmp_path / "summary.json")
+    summary.update({"boot_verdict_stock": "pass", "flake_logs_stock": []})
+    summary.update({"build_seconds_stock": note_value("build_seconds_stock", "153.2")})
+    summary.update({"kernel_version": note_value("kernel_version", "6.12")})
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert doc == {
+        "boot_verdict_stock": "pass",
+        "build_seconds_stock": 153.2,
+        "flake_logs_stock": [],
+        "kernel_version": "6.12",
+    }
+    with pytest.raises(ValueError):
+        note_value("boot_verdict_stock", "pass")  # the judge's, not the shell's
+    assert main(["note", str(tmp_path / "summary.json"), "bogus", "1"]) == 1

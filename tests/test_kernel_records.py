@@ -24,18 +24,22 @@ pytestmark = pytest.mark.toolchain
 OBJDUMP = "aarch64-linux-gnu-objdump"
 
 
-def build_image(tmp: Path, toolchain: str, bti: bool, call_ops: bool) -> Path:
-    """A static image linked as the kernel links vmlinux (markers, __mcount_loc)."""
+def build_image(
+    tmp: Path, toolchain: str, bti: bool, call_ops: bool, pie: bool = False
+) -> Path:
+    """An image linked as the kernel links vmlinux (markers, __mcount_loc);
+    with ``pie``, relocatable as with KASLR: each record a RELATIVE addend."""
     cc, ld = TOOLCHAINS[toolchain]
     require(cc[0], ld[0], OBJDUMP)
     (tmp / "markers.c").write_text(SOURCE)
     (tmp / "kernel.lds").write_text(LINKER_SCRIPT)
     obj, image = tmp / "markers.o", tmp / "vmlinux"
-    flags = ["-O2", "-g0", "-ffreestanding", "-fno-pie", "-fno-stack-protector"]
+    flags = ["-O2", "-g0", "-ffreestanding", "-fpie" if pie else "-fno-pie", "-fno-stack-protector"]
     flags += ["-fpatchable-function-entry=4,2" if call_ops else "-fpatchable-function-entry=2"]
     flags += ["-falign-functions=8"] + (["-mbranch-protection=bti"] if bti else [])
     subprocess.run([*cc, *flags, "-c", "-o", obj, tmp / "markers.c"], check=True)
-    subprocess.run([*ld, "-static", "-T", tmp / "kernel.lds", "-o", image, obj], check=True)
+    link = ["-pie"] if pie else ["-static"]
+    subprocess.run([*ld, *link, "-T", tmp / "kernel.lds", "-o", image, obj], check=True)
     return image
 
 
@@ -152,3 +156,17 @@ def test_a_zero_record_is_counted_apart(tmp_path: Path) -> None:
     put(image, start + 8, 0, size=8)
     report = check(image, State.PRISTINE, call_ops=True)
     assert report.ok and report.records == 5 and report.zero_words == 1
+
+
+def test_a_pie_image_has_its_records_in_the_relative_addends(tmp_path: Path) -> None:
+    # RELOCATABLE (KASLR) vmlinux: the words of __mcount_loc are zero in the
+    # file and each record is the addend of its R_AARCH64_RELATIVE.
+    image = build_image(tmp_path, "gcc", bti=False, call_ops=True, pie=True)
+    start = next(s["st_value"] for s in _symbols(image) if s.name == "__start_mcount_loc")
+    for i in range(6):
+        put(image, start + 8 * i, 0, size=8)
+    before = check(image, State.PRISTINE, call_ops=True, objdump=OBJDUMP)
+    assert before.ok and before.records == 6 and before.zero_words == 0, before.problems
+    rewrite(image)
+    after = check(image, State.REWRITTEN, call_ops=True, objdump=OBJDUMP)
+    assert after.ok and after.records == 6, after.problems
