@@ -320,7 +320,7 @@ def check(
         j = judge_record(code, i, record, call_ops)
         judged.append(j)
         if j.state is not expect and len(report.problems) < MAX_PROBLEMS:
-            where = code.place(record)
+            where = code.place(record) + (f", of {j.function}" if j.function else "")
             problem = f"record {i} at {where}: {j.state.value}"
             report.problems.append(f"{problem}: {j.problem}" if j.problem else problem)
     report.records = len(judged)
