@@ -326,3 +326,70 @@ def test_the_summary_keeps_each_key_typed(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         note_value("boot_verdict_stock", "pass")  # the judge's, not the shell's
     assert main(["note", str(tmp_path / "summary.json"), "bogus", "1"]) == 1
+
+
+# -- the 6.12 boots: modules, KASLR, two ftrace users ---------------------------------
+
+# _stext at link time in the images that wrote the 6.12 logs (nm; KASLR moves it).
+LINK_STEXT_6_12 = 0xFFFF800080010000
+# The in-tree module's sites outside .init.text in that build (ftpatch scan).
+INTREE_CORE_SITES = 21
+
+
+def test_a_6_12_pair_of_boots_passes_every_check() -> None:
+    ftpatch, stock = log("ftpatch-6.12-boot-pass"), log("stock-6.12-boot-pass")
+    for boot in (ftpatch, stock):
+        assert rules.judge(boot, 0, None).passed
+        assert rules.enabled_check(boot).passed and boot.enabled_functions == 9654
+        assert rules.ops_check(boot, 10).passed
+        # The instance traced only its one filtered function.
+        assert boot.burst is not None and boot.burst.lines == boot.burst.filtered > 0
+    assert rules.module_check(ftpatch, stock, "plt", INTREE_CORE_SITES).passed
+    assert rules.module_refusals(ftpatch) == [
+        "text+0xc: found 0xd503201f 0xd503201f",
+        "text+0x0: found 0x00000000 0xd503201f",
+    ]
+    offsets = {k: rules.kaslr_offset(b, LINK_STEXT_6_12) for k, b in
+               (("ftpatch", ftpatch), ("stock", stock))}
+    assert offsets == {"ftpatch": 0x596212600000, "stock": 0x3C8686600000}
+    assert rules.kaslr_check({"ftpatch": (ftpatch, offsets["ftpatch"]),
+                              "stock": (stock, offsets["stock"])}).passed
+    # A GCC kernel on cortex-a57: no BTI to detect.
+    assert not rules.bti_check({"ftpatch": ftpatch}).passed
+
+
+def test_module_check_fires_on_what_each_boot_lacks() -> None:
+    ftpatch, stock = log("ftpatch-6.12-boot-pass"), log("stock-6.12-boot-pass")
+    # The path the boot did not take.
+    wrong = rules.module_check(ftpatch, stock, "direct", INTREE_CORE_SITES)
+    assert wrong.reasons == (
+        "boot ftpatch: the module's calls did not go direct",
+        "boot stock: the module's calls did not go direct",
+    )
+    # The kernel listed other than one function per site outside .init.text.
+    assert not rules.module_check(ftpatch, stock, "plt", INTREE_CORE_SITES + 1).passed
+    # The boots swapped: each kernel's refusals and version magic are its own.
+    assert not rules.module_check(stock, ftpatch, "plt", INTREE_CORE_SITES).passed
+    # The damaged copy loaded (its refusal gone from the log).
+    lines = [line for line in log_text("ftpatch-6.12-boot-pass").splitlines()
+             if "refuse-damaged.ko refused" not in line and "text+0x0: found" not in line]
+    damaged = rules.module_check(edited(lines), stock, "plt", INTREE_CORE_SITES)
+    assert damaged.reasons == (
+        "boot ftpatch: refuse-damaged.ko not refused",
+        "boot ftpatch: expected two module refusals by ftpatch_module_check",
+    )
+    # A 6.1 boot without modules checks none of it.
+    assert not rules.module_check(log("ftpatch-boot-pass"), stock, "plt", 21).passed
+
+
+def test_the_6_12_negative_kernel_oopses_in_ftrace_init_nop() -> None:
+    boot = log("negative-6.12-oops")
+    assert boot.patch_site_warnings and not boot.ftrace_bugs
+    assert rules.negative_failure(boot) is NegativeFailure.OOPS_IN_FTRACE_INIT_NOP
+    assert rules.negative_boot(boot).passed
+    # The unrewritten kernel's ftrace bug is no Oops in ftrace_init_nop(), and
+    # it is what the unrewritten kernel must show.
+    unrewritten = log("unrewritten-6.12-ftrace-bug")
+    assert rules.negative_failure(unrewritten) is NegativeFailure.FTRACE_BUG
+    assert rules.unrewritten_boot(unrewritten).passed
+    assert not rules.unrewritten_boot(boot).passed
