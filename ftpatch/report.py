@@ -20,6 +20,7 @@ def site_dict(site: Site) -> dict[str, Any]:
         "record_kind": r.kind.value,
         "record_value": r.value,
         "target_section": r.target_section,
+        "target_section_index": r.target_index,
         "target_offset": r.target_offset,
         "target_address": r.target_address,
         "function": site.function,
@@ -29,9 +30,11 @@ def site_dict(site: Site) -> dict[str, Any]:
         "bti": site.layout.bti if site.layout else None,
         "state": site.state.value,
         "reason": site.reason,
+        "entry_offset": site.entry_offset,
         "mov_offset": site.mov_offset,
         "slot_offset": site.slot_offset,
         "slot_address": site.slot_address,
+        "literal_offset": site.literal_offset,
     }
 
 
@@ -40,6 +43,7 @@ def scan_dict(result: ScanResult) -> dict[str, Any]:
         "path": result.path,
         "kind": result.kind,
         "endian": "big" if result.elf.big_endian else "little",
+        "prefix_nops": result.prefix,
         "counts": result.counts(),
         "sites": [site_dict(s) for s in result.sites],
     }
