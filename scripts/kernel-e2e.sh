@@ -1,33 +1,23 @@
 #!/usr/bin/env bash
 # End-to-end: a real Linux arm64 kernel built with ftpatch boots and traces.
 #
-# FTPATCH_KERNEL_VERSION picks the kernel:
+# FTPATCH_KERNEL_VERSION picks the kernel (examples/kernel/README.md has the
+# details of each):
 #   6.1   (default) linux-source-6.1, DYNAMIC_FTRACE_WITH_REGS,
-#         -fpatchable-function-entry=2, no KASLR, patches/000[123]-*.patch;
-#         the rewrite runs when CONFIG_FTPATCH=y (FTPATCH names the
-#         command) and the link fails if vmlinux.o is not rewritten, as
-#         for 6.12 below; modules as for 6.12 (their calls go direct)
+#         -fpatchable-function-entry=2, no KASLR, patches/000[123]-*.patch
 #   6.12  linux-source-6.12, DYNAMIC_FTRACE_WITH_ARGS + _WITH_CALL_OPS,
 #         -fpatchable-function-entry=4,2 (two prefix NOPs hold the ops
-#         literal), KASLR (RELOCATABLE + RANDOMIZE_BASE: vmlinux is a PIE
-#         whose records are R_AARCH64_RELATIVE addends; each boot's offset is
-#         read from /proc/kallsyms and must be non-zero and differ between
-#         the two passing boots), patches/6.12/000[123]-*.patch; the rewrite runs when
-#         CONFIG_FTPATCH=y (FTPATCH names the command), the link fails if
-#         vmlinux.o is not rewritten (checked: a build with a rewrite that
-#         does nothing must fail), and the init also runs two ftrace users
-#         at once (ftpatch.ops=N: a filtered function tracer in a second
-#         instance while the top one switches function/function_graph), so
-#         sites move between per-callsite ops under load.
-#   6.12-clang  the same 6.12 kernel built with Clang and LLD (LLVM=1) and
-#         ARM64_BTI_KERNEL + ARM64_PTR_AUTH_KERNEL (BTI C between the
-#         prefix NOPs and the entry NOPs, PACIASP after them), booted on
-#         qemu -cpu max,pauth-impdef=on (FEAT_BTI and PAuth; the boot log
-#         must show both detected), in /var/tmp/ftpatch-kernel-6.12-clang.
-#         Without RANDOMIZE_MODULE_REGION_FULL: its modules call
-#         ftrace_caller directly, the GCC kernel's through their ftrace PLTs
-#         (ftpatch.module_path: a boot whose random module region cannot
-#         show the path asked for is booted again).
+#         literal), KASLR (the two passing boots must be moved, each its own
+#         way), patches/6.12/000[123]-*.patch, and two ftrace users at once
+#         (ftpatch.ops=N) so sites move between per-callsite ops under load
+#   6.12-clang  the same built with Clang and LLD (LLVM=1),
+#         ARM64_BTI_KERNEL + ARM64_PTR_AUTH_KERNEL, booted on qemu -cpu
+#         max,pauth-impdef=on (the boots must show BTI and PAuth detected)
+# With CONFIG_FTPATCH=y the link rewrites vmlinux.o (FTPATCH names the
+# command) and fails if it is not rewritten.  Modules call ftrace_caller
+# directly (6.1, 6.12-clang) or through their ftrace PLTs (6.12 GCC,
+# RANDOMIZE_MODULE_REGION_FULL: ftpatch.module_path; a boot whose random
+# module region cannot show the path asked for is booted again).
 #
 # From Debian's linux-source-VERSION this script builds, in one output
 # directory and incrementally, four arm64 tinyconfig+ftrace kernels:
@@ -43,8 +33,10 @@
 # kernels, one built with a "rewrite" that does nothing and one damaged,
 # boots each under qemu-system-aarch64 (-M virt, 4 CPUs; -nic none, as the
 # default NIC wants an iPXE ROM that is not installed) with the static init
-# from examples/kernel/init.c, judges every log, and writes
-# $WORK/out/summary.json plus one "E2E ..." line per finding.
+# from examples/kernel/init.c, and has scripts/kernel_e2e (python -m
+# kernel_e2e) judge every log and image: it writes $WORK/out/summary.json
+# and prints one "E2E ..." line per finding.  This script only installs,
+# unpacks, configures, builds, boots and prints what the judge says.
 #
 # Environment:
 #   FTPATCH_KERNEL_VERSION 6.1 (default), 6.12 or 6.12-clang
@@ -142,28 +134,16 @@ REQUIRED_Y=(SMP CC_OPTIMIZE_FOR_PERFORMANCE ARM_AMBA SERIAL_AMBA_PL011
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'E2E FAIL %s\n' "$*"; exit 1; }
-now() { date +%s.%N; }
-elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
+now() { printf '%s\n' "${EPOCHREALTIME/[.,]/}"; }  # microseconds
+elapsed() { local ds=$((($2 - $1 + 50000) / 100000)); printf '%d.%d\n' $((ds / 10)) $((ds % 10)); }
 
 DEFERRED_FAIL=()    # failures that do not stop the run
-declare -A RESULT   # key -> value, written to summary.json at the end
-result() { RESULT[$1]=$2; printf 'E2E %s=%s\n' "$1" "$2"; }
-
-write_summary() {
-	local args=()
-	for k in "${!RESULT[@]}"; do args+=("$k" "${RESULT[$k]}"); done
-	python3 - "$OUT/summary.json" "${args[@]}" <<'EOF'
-import json, sys
-path, kv = sys.argv[1], sys.argv[2:]
-d = {}
-for k, v in zip(kv[::2], kv[1::2]):
-    try:
-        d[k] = json.loads(v)
-    except ValueError:
-        d[k] = v
-json.dump(dict(sorted(d.items())), open(path, "w"), indent=1)
-EOF
-}
+SUMMARY=$OUT/summary.json
+# The judgement (scripts/kernel_e2e): it prints its findings, adds them to
+# $SUMMARY, and exits 1 after an "E2E FAIL" line when a check fails.
+e2e() { PYTHONPATH=$REPO/scripts "$FTPATCH_PY" -m kernel_e2e "$@"; }
+# note KEY VALUE: a fact of the build, typed by the judge's summary.
+note() { e2e note "$SUMMARY" "$1" "$2"; }
 
 install_deps() {
 	local need=()
@@ -235,7 +215,7 @@ configure() {
 	grep -qx "# CONFIG_CC_OPTIMIZE_FOR_SIZE is not set" "$BUILD/.config" || missing+=("!CC_OPTIMIZE_FOR_SIZE")
 	grep -qx "CONFIG_INITRAMFS_SOURCE=\"$OUT/initramfs.list\"" "$BUILD/.config" || missing+=(INITRAMFS_SOURCE)
 	[ ${#missing[@]} -eq 0 ] || die "config: not set as required: ${missing[*]}"
-	result config_checked "\"${#REQUIRED_Y[@]} options y, -O2, initramfs\""
+	note config_checked "${#REQUIRED_Y[@]} options y, -O2, initramfs"
 }
 
 # build NAME: make Image, time it, keep Image and vmlinux as $OUT/*-NAME.
@@ -248,28 +228,7 @@ build() {
 	t1=$(now)
 	cp "$BUILD/arch/arm64/boot/Image" "$OUT/Image-$name"
 	cp "$BUILD/vmlinux" "$OUT/vmlinux-$name"
-	result "build_seconds_$name" "$(elapsed "$t0" "$t1")"
-}
-
-# objdump_check KIND: with binutils objdump (independent of ftpatch), look at
-# every site that "ftpatch scan" lists in vmlinux-KIND and count those whose
-# instructions are as expected: "mov x9, x30" then the record's "nop" (the BL
-# slot) for the rewritten kernel, "nop; nop" from the record for stock.
-# Zero words (6.12: scripts/sorttable zeroes the records of overridden weak
-# functions) have no address and are not counted.
-objdump_check() {
-	local kind=$1
-	${CROSS}objdump -d --no-show-raw-insn "$OUT/vmlinux-$kind" > "$OUT/objdump-$kind.txt"
-	python3 - "$OUT/objdump-$kind.txt" "$OUT/scan-vmlinux-$kind.json" "$kind" <<'EOF'
-import json, re, sys
-insn = {}
-for m in re.finditer(r"^ *([0-9a-f]+):\t(\S+)(?:\t(.*\S))?", open(sys.argv[1]).read(), re.M):
-    insn[int(m.group(1), 16)] = " ".join(filter(None, (m.group(2), m.group(3))))
-sites = [s for s in json.load(open(sys.argv[2]))["files"][0]["sites"] if s["target_address"]]
-want = (("mov x9, x30", -4), ("nop", 0)) if sys.argv[3] == "ftpatch" else (("nop", 0), ("nop", 4))
-ok = sum(all(insn.get(s["target_address"] + d) == w for w, d in want) for s in sites)
-print(f"{ok}")
-EOF
+	note "build_seconds_$name" "$(elapsed "$t0" "$t1")"
 }
 
 # build_module NAME: build examples/kernel/module out of tree (make M=)
@@ -298,94 +257,6 @@ module_initrd() {
 		done
 	} > "$OUT/modules-$name.list"
 	"$BUILD/usr/gen_init_cpio" "$OUT/modules-$name.list" > "$OUT/modules-$name.cpio"
-}
-
-# damage_one_site KO OUT: OUT is KO with its first MOV X9, X30 in .text
-# turned into a NOP (found with pyelftools, not ftpatch); prints where.
-damage_one_site() {
-	"$FTPATCH_PY" - "$1" "$2" <<'EOF'
-import shutil, struct, sys
-from elftools.elf.elffile import ELFFile
-src, dst = sys.argv[1:3]
-with open(src, "rb") as f:
-    text = ELFFile(f).get_section_by_name(".text")
-    base, data = text["sh_offset"], text.data()
-words = struct.unpack(f"<{len(data) // 4}I", data[: len(data) // 4 * 4])
-at = base + 4 * words.index(0xAA1E03E9)
-shutil.copyfile(src, dst)
-with open(dst, "r+b") as f:
-    f.seek(at)
-    f.write(struct.pack("<I", 0xD503201F))
-print(f".text+{at - base:#x}")
-EOF
-}
-
-# misplace_literal KO OUT: OUT is the rewritten CALL_OPS module KO with its
-# one site in .text that has no function symbol (the overridden weak
-# function of examples/kernel/module keeps its code and record, not its
-# symbol) rewritten one word off, as a classifier that does not find that
-# site's entry would: the MOV on the first prefix NOP (the correct MOV
-# turned back into a NOP), the record (its RELA addend) on the second.
-# The MOV and the NOP around that record are what the kernel expects, but
-# the kernel's literal, ALIGN_DOWN(record - 12, 8), is then the last two
-# words of the function before, which must not be NOPs or the copy proves
-# nothing.  Done with pyelftools, not ftpatch; prints the change.
-misplace_literal() {
-	"$FTPATCH_PY" - "$1" "$2" <<'EOF'
-import shutil, struct, sys
-from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
-NOP, MOV, BTI_C = 0xD503201F, 0xAA1E03E9, 0xD503245F  # nop; mov x9, x30; bti c
-src, dst = sys.argv[1:3]
-with open(src, "rb") as f:
-    elf = ELFFile(f)
-    text_index = next(i for i, s in enumerate(elf.iter_sections()) if s.name == ".text")
-    text = elf.get_section(text_index)
-    base, data = text["sh_offset"], text.data()
-    symtab = elf.get_section_by_name(".symtab")
-    entries = {s["st_value"] for s in symtab.iter_symbols()
-               if s["st_info"]["type"] == "STT_FUNC" and s["st_shndx"] == text_index}
-    # (file offset of the record's RELA entry, its symbol's value, the BL slot in .text)
-    records = []
-    for rela in elf.iter_sections():
-        if not isinstance(rela, RelocationSection) or \
-                elf.get_section(rela["sh_info"]).name != "__patchable_function_entries":
-            continue
-        for i, r in enumerate(rela.iter_relocations()):
-            sym = symtab.get_symbol(r["r_info_sym"])
-            if sym["st_shndx"] == text_index:
-                records.append((rela["sh_offset"] + i * rela["sh_entsize"], sym["st_value"],
-                                sym["st_value"] + r["r_addend"]))
-word = lambda offset: struct.unpack_from("<I", data, offset)[0]
-# Callers enter at the BTI C when there is one, else at the MOV.
-entry = lambda slot: slot - 8 if word(slot - 8) == BTI_C else slot - 4
-symless = [r for r in records if entry(r[2]) not in entries]
-if len(symless) != 1:
-    sys.exit(f"{src}: {len(symless)} sites in .text without a function symbol, expected 1")
-rela_at, sym_value, slot = symless[0]
-prefix = (slot - 12) & ~7
-if (word(prefix), word(prefix + 4), word(slot - 4), word(slot)) != (NOP, NOP, MOV, NOP):
-    sys.exit(f"{src}: .text+{slot:#x} is not a rewritten CALL_OPS site")
-# The kernel's literal for a record on the second prefix NOP.
-literal = (prefix + 4 - 12) & ~7
-if (word(literal), word(literal + 4)) == (NOP, NOP):
-    sys.exit(f"{src}: the words before .text+{prefix:#x} are NOPs: overwriting them proves nothing")
-shutil.copyfile(src, dst)
-with open(dst, "r+b") as f:
-    for at, value in ((slot - 4, NOP), (prefix, MOV)):
-        f.seek(base + at)
-        f.write(struct.pack("<I", value))
-    f.seek(rela_at + 16)  # Elf64_Rela.r_addend
-    f.write(struct.pack("<q", prefix + 4 - sym_value))
-print(f".text+{slot:#x} -> .text+{prefix + 4:#x}, MOV at .text+{prefix:#x};"
-      f" literal .text+{literal:#x}: {word(literal):#010x} {word(literal + 4):#010x}")
-EOF
-}
-
-# scan_counts JSON: the per-state site counts of the one file in an
-# "ftpatch scan --json" output, as JSON.
-scan_counts() {
-	python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["files"][0]["counts"]))' "$1"
 }
 
 # boot NAME SWITCHES GRAPH: one qemu boot of Image-NAME, log in boot-NAME[-try].log
@@ -424,185 +295,29 @@ boot() {
 	tr -d '\r' < "$logf" > "$logf.tmp" && mv "$logf.tmp" "$logf"
 }
 
-# oops_race LOG LIST_END: true when LOG shows exactly the known qemu oops and
-# nothing else: every oops is function_trace_call+0x18 called from
-# ftrace_call with op (x2) = &ftrace_list_end, the ops of "no tracer", on
-# the worker CPUs at once, while the function tracer is switched.  Seen on
-# stock kernels as on rewritten ones (stock: 1 of 12 boots with 30+3
-# switches here; ftpatch: 1 in the CI-style run): what running an
-# already-replaced "bl" gives (see examples/kernel/README.md).
-# LIST_END is ftrace_list_end's address in the image that booted.
-oops_race() {
-	local logf=$1 list_end=$2 oopses
-	[ -n "$list_end" ] || return 1
-	oopses=$(grep -c 'Internal error: Oops' "$logf" || true)
-	[ "$oopses" -ge 1 ] || return 1
-	[ "$(grep -c 'pc : function_trace_call+0x18/' "$logf" || true)" -eq "$oopses" ] || return 1
-	[ "$(grep -c 'lr : ftrace_call+0x4/' "$logf" || true)" -eq "$oopses" ] || return 1
-	[ "$(grep -c "x2 : $list_end " "$logf" || true)" -eq "$oopses" ] || return 1
-	[ "$(grep -c 'x2 : ' "$logf" || true)" -eq "$oopses" ] || return 1
-	! grep -qE 'ftrace bug|Kernel panic|WARNING:|FAILED' "$logf"
-}
-
-# The known flakes of the stock 6.1 function tracer start-up self-tests
-# under qemu (TCG, -smp 4): a callback registered for one filtered function
-# (DYN_FTRACE_TEST_NAME) is also called from other functions.  Each test
-# reports it its own way; one FAILED line of these shapes, no other:
-#   Testing dynamic ftrace: .. filter did not filter .. FAILED!
-#   (4 0 1 73756 0) FAILED!        (after "Testing dynamic ftrace ops #1/#2: ")
-#   Testing ftrace recursion: *callback not called once (or twice) (10)* FAILED!
-#   Testing ftrace recursion safe: *callback not called expected 2 times (3)* FAILED!
-# All four were seen on the stock kernel (no rewrite, no 0002): in 300 boots
-# to the end of the self-tests, one at a time, in 45% of stock boots and 53%
-# of ftpatch ones; in none of 200 with one TCG thread for all vCPUs (counts
-# and reasoning in examples/kernel/README.md).
-SELFTEST_FLAKE_RE='Testing dynamic ftrace: \.\. filter did not filter \.\. FAILED!|\([0-9]+( [0-9]+){4}\) FAILED!|Testing ftrace recursion: \*callback not called once \(or twice\) \([0-9]+\)\* FAILED!|Testing ftrace recursion safe: \*callback not called expected 2 times \([0-9]+\)\* FAILED!'
-
-# selftest_flake LOG: true when the self-test failures in LOG are exactly one
-# known flake (SELFTEST_FLAKE_RE) and what follows from it, nothing else: the
-# failed function tracer is disabled ("tracer: function failed selftest,
-# disabling", a WARNING from init_trace_selftests), the function_graph
-# self-test then fails to init (-19, a bare "FAILED!"), every WARNING comes
-# from run_tracer_selftest or init_trace_selftests, and there is no ftrace
-# bug and no oops.  Whether the boot went on well is judge's business.
-selftest_flake() {
-	local logf=$1 failed primary bare warnings
-	failed=$(grep 'FAILED' "$logf" | sed -E 's/^\[ *[0-9.]+\] //') || return 1
-	primary=$(grep -vxF 'FAILED!' <<<"$failed" || true)
-	[ -n "$primary" ] && [ "$(wc -l <<<"$primary")" -eq 1 ] || return 1
-	grep -qxE "$SELFTEST_FLAKE_RE" <<<"$primary" || return 1
-	if [[ "$primary" == "("* ]]; then
-		grep -qE '\] Testing dynamic ftrace ops #[12]: $' "$logf" || return 1
-	fi
-	bare=$(grep -cxF 'FAILED!' <<<"$failed" || true)
-	if [ "$bare" -gt 0 ]; then
-		[ "$bare" -eq 1 ] && grep -q 'Failed to init function_graph tracer, init returned -19' "$logf" || return 1
-	fi
-	warnings=$(grep -c 'WARNING:' "$logf" || true)
-	[ "$warnings" -le $((bare + 2)) ] || return 1
-	[ "$(grep 'WARNING:' "$logf" | grep -cE ' (run_tracer_selftest|init_trace_selftests)\+')" -eq "$warnings" ] || return 1
-	! grep -qE 'ftrace bug|Oops|Internal error:' "$logf"
-}
-
-# kaslr_offset NAME LOG: the boot's _stext (the init's "kallsyms:" line in
-# LOG) minus _stext in $OUT/vmlinux-NAME, in hex; nothing without the line.
-kaslr_offset() {
-	local run link
-	run=$(sed -n 's/^ftpatch-init: kallsyms: \([0-9a-f]*\) [Tt] _stext$/\1/p' "$2" 2>/dev/null | head -1)
-	link=$(${CROSS}nm "$OUT/vmlinux-$1" 2>/dev/null | sed -n 's/^\([0-9a-f]*\) [Tt] _stext$/\1/p')
-	[ -n "$run" ] && [ -n "$link" ] || return 0
-	printf '%x\n' $((0x$run - 0x$link))
-}
-
-# list_end NAME [LOG]: ftrace_list_end's address in $OUT/vmlinux-NAME, moved
-# by the KASLR offset of the boot that wrote LOG (kaslr_offset).
-list_end() {
-	local addr off
-	addr=$(${CROSS}nm "$OUT/vmlinux-$1" 2>/dev/null | sed -n 's/^\([0-9a-f]*\) D ftrace_list_end$/\1/p')
-	[ -n "$addr" ] || return 0
-	off=
-	if [ -n "${2-}" ]; then off=$(kaslr_offset "$1" "$2"); fi
-	printf '%016x\n' $((0x$addr + 0x${off:-0}))
-}
-
-# judge LOG NAME [LIST_END]: prints one of pass / flake:<kind> / fail:<reasons>.
-# LIST_END defaults to list_end NAME LOG.
-judge() {
-	local logf=$1 name=$2 reasons=() passed failed warnings
-	passed=$(grep -c 'PASSED' "$logf" || true)
-	failed=$(grep -c 'FAILED' "$logf" || true)
-	warnings=$(grep -c 'WARNING:' "$logf" || true)
-	[ "$passed" -ge 5 ] || reasons+=("only $passed self-test PASSED lines")
-	[ "$failed" -eq 0 ] || reasons+=("$failed self-test FAILED")
-	grep -q 'ftrace bug' "$logf" && reasons+=("ftrace bug")
-	[ "$warnings" -eq 0 ] || reasons+=("$warnings WARNING")
-	grep -qE 'Oops|Internal error:' "$logf" && reasons+=("Oops")
-	grep -q 'Kernel panic' "$logf" && reasons+=("panic")
-	grep -q '^FTPATCH-E2E: PASS' "$logf" || reasons+=("init did not report PASS")
-	[ "$BOOT_RC" -eq 0 ] || reasons+=("qemu exit $BOOT_RC (124 = timeout)")
-	if [ ${#reasons[@]} -eq 0 ]; then
-		echo pass
-	elif module_layout "$logf" && [ "$BOOT_RC" -eq 0 ]; then
-		echo again:module-layout
-	# The init cannot select the function tracer once its self-test has
-	# disabled it, so it fails; that is part of the flake, a panic is not.
-	elif selftest_flake "$logf" && ! grep -q 'Kernel panic' "$logf" && [ "$BOOT_RC" -eq 0 ]; then
-		echo flake:self-test
-	elif oops_race "$logf" "${3-$(list_end "$name" "$logf")}"; then
-		echo flake:oops-race
-	elif filter_leak "$logf" && [ "$BOOT_RC" -eq 0 ]; then
-		echo flake:filter-leak
-	else
-		local IFS=';'
-		echo "fail:${reasons[*]}"
-	fi
-}
-
-# ftrace_init_ms LOG: the 0003 timing line converted with the arch timer rate.
-ftrace_init_ms() {
-	python3 - "$1" <<'EOF'
-import re, sys
-text = open(sys.argv[1], errors="replace").read()
-cyc = re.search(r"ftrace: processed (\d+) entries in (\d+) counter cycles", text)
-mhz = re.search(r"arch_timer: cp15 timer\(s\) running at ([0-9.]+)MHz", text)
-print(f"{int(cyc.group(2)) / (float(mhz.group(1)) * 1e3):.2f}" if cyc and mhz else "null")
-EOF
-}
-
-# sole_verdict LOG ERE: true when LOG's one "FTPATCH-E2E:" line (the init's
-# last) matches ERE and the kernel reported nothing wrong in LOG.
-sole_verdict() {
-	[ "$(grep -c '^FTPATCH-E2E: ' "$1" || true)" -eq 1 ] || return 1
-	grep -qE "$2" "$1" || return 1
-	! grep -qE 'FAILED|ftrace bug|Oops|Internal error:|WARNING:|Kernel panic' "$1"
-}
-
-# module_layout LOG: true when the init stopped because this boot's module
-# region cannot show the module path asked for (ftpatch.module_path; the
-# kernel picks the region once per boot, examples/kernel/init.c) and
-# nothing had gone wrong before.
-module_layout() {
-	sole_verdict "$1" '^FTPATCH-E2E: AGAIN module layout: '
-}
-
-# filter_leak LOG: true when LOG failed only in the init's module trace check
-# (a module function missing from a burst of the tracer filtered to the
-# module) and that trace shows functions the filter does not hold: the
-# kernel ran BLs it had not enabled, which is the stale-code flake of the
-# self-tests (examples/kernel/README.md) met later in the boot.  Seen on the
-# stock 6.1 kernel (graph trace of tick_handle_periodic with the filter on
-# the module).  Nothing else may have gone wrong.
-filter_leak() {
-	local logf=$1
-	sole_verdict "$logf" "^FTPATCH-E2E: FAIL (function|function_graph): no ftpatch_test_[a-z_]+ in the module's trace \([0-9]+ calls\)$" || return 1
-	# The trace the init printed: from its last "# tracer:" header on.
-	awk '/^# tracer: /{n=NR} {line[NR]=$0} END{for(i=n;i<=NR;i++) if(n) print line[i]}' "$logf" |
-		grep -oE '[|] +[A-Za-z0-9_.]+\(\)|: [A-Za-z0-9_.]+ <-' |
-		sed -E 's/^[|] +//; s/^: //; s/\(\)$//; s/ <-$//' |
-		grep -qvE '^(ftpatch_test_[A-Za-z0-9_.]*|__arm64_sys_getppid)$'
-}
-
-# boot_expect_pass NAME SWITCHES GRAPH: boot; on an exact known flake (see
-# judge) boot again, up to FLAKE_RETRIES more times, and report every flake
-# (flakes_NAME, flake_logs_NAME); anything else fails at once.  The
-# self-test flakes hit about one boot in two here (stock and ftpatch alike,
-# 2 host cores, qemu -smp 4); such a boot stops within seconds of the
-# self-tests, so 12 retries cost little and leave ~0.5^13 = 1e-4 of runs
-# failing on flakes alone.  A boot whose module region cannot show the
-# module path asked for (again:module-layout, about one boot in 15 on 6.12
-# GCC; it stops ~10 s in) is booted again as well, up to LAYOUT_RETRIES
-# times, and reported apart (layout_retries_NAME, layout_logs_NAME).
+# boot_expect_pass NAME SWITCHES GRAPH: boot; while the judge calls the boot
+# a known flake, boot again, up to FLAKE_RETRIES more times; while it calls
+# it a module layout that cannot show the module path asked for, up to
+# LAYOUT_RETRIES times.  The judge then reports every retry apart
+# (flakes_NAME, flake_logs_NAME, layout_retries_NAME, layout_logs_NAME) and
+# fails on anything but a pass.  The self-test flakes hit about one boot in
+# two on 6.1 (stock and ftpatch alike, 2 host cores, qemu -smp 4); such a
+# boot stops within seconds of the self-tests, so 12 retries cost little and
+# leave ~0.5^13 = 1e-4 of runs failing on flakes alone.  A layout retry
+# (about one boot in 15 on 6.12 GCC) stops ~10 s in.
 boot_expect_pass() {
-	local name=$1 verdict try=1 flake_logs=() layout_logs=()
+	local name=$1 verdict try=1 flakes=0 layouts=0 retries=()
 	while :; do
 		BOOT_TRY=$try boot "$@"
-		verdict=$(judge "$BOOT_LOG" "$name")
-		if [ "$verdict" = again:module-layout ] && [ ${#layout_logs[@]} -lt "$LAYOUT_RETRIES" ]; then
-			layout_logs+=("\"$BOOT_LOG\"")
+		verdict=$(e2e judge "$BOOT_LOG" --rc "$BOOT_RC" --vmlinux "$OUT/vmlinux-$name")
+		if [ "$verdict" = again:module-layout ] && [ "$layouts" -lt "$LAYOUT_RETRIES" ]; then
+			layouts=$((layouts + 1))
+			retries+=(--layout-log "$BOOT_LOG")
 			printf 'E2E AGAIN %s boot %d: its module region cannot show ftpatch.module_path=%s (%s); booting again\n' \
 				"$name" "$try" "$MODULE_PATH" "$BOOT_LOG"
-		elif [[ "$verdict" == flake:* ]] && [ ${#flake_logs[@]} -lt "$FLAKE_RETRIES" ]; then
-			flake_logs+=("\"$BOOT_LOG\"")
+		elif [[ "$verdict" == flake:* ]] && [ "$flakes" -lt "$FLAKE_RETRIES" ]; then
+			flakes=$((flakes + 1))
+			retries+=(--flake-log "$BOOT_LOG")
 			printf 'E2E FLAKE %s boot %d: known %s flake (seen on stock kernels too) in %s; booting again\n' \
 				"$name" "$try" "${verdict#flake:}" "$BOOT_LOG"
 		else
@@ -610,23 +325,20 @@ boot_expect_pass() {
 		fi
 		try=$((try + 1))
 	done
-	result "boots_$name" "$try"
-	result "flakes_$name" "${#flake_logs[@]}"
-	result "layout_retries_$name" "${#layout_logs[@]}"
-	local IFS=,
-	result "flake_logs_$name" "[${flake_logs[*]}]"
-	result "layout_logs_$name" "[${layout_logs[*]}]"
-	unset IFS
-	result "boot_seconds_$name" "$BOOT_SECONDS"
-	result "boot_log_$name" "\"$BOOT_LOG\""
-	result "boot_verdict_$name" "\"$verdict\""
-	result "ftrace_init_ms_$name" "$(ftrace_init_ms "$BOOT_LOG")"
-	result "self_tests_passed_$name" "$(grep -c PASSED "$BOOT_LOG" || true)"
-	local entries
-	entries=$(sed -n 's/.*ftrace: allocating \([0-9]*\) entries.*/\1/p' "$BOOT_LOG" | head -1)
-	result "ftrace_entries_$name" "${entries:-null}"
-	grep -E '^ftpatch-init: |^FTPATCH-E2E' "$BOOT_LOG" >&2 || true
-	[ "$verdict" = pass ] || die "boot $name: $verdict (log $BOOT_LOG)"
+	e2e boot "$SUMMARY" "$name" "$BOOT_LOG" --rc "$BOOT_RC" --seconds "$BOOT_SECONDS" \
+		--vmlinux "$OUT/vmlinux-$name" --ops-cycles "$OPS_CYCLES" "${retries[@]}" || exit 1
+}
+
+# must_fail NAME: boot NAME (negative or unrewritten), which the judge
+# requires to fail in its ftrace init, each its own way.
+must_fail() {
+	# earlycon: these kernels may die before the PL011 driver takes the
+	# console (6.12-clang: BTI makes the stock adjustment land on aligned
+	# words, so nothing is "misaligned", and the kernel panics right after
+	# its ftrace bug); the boot console shows it.
+	BOOT_APPEND=earlycon boot "$1" 2 1
+	e2e must-fail "$SUMMARY" "$1" "$BOOT_LOG" --rc "$BOOT_RC" --seconds "$BOOT_SECONDS" \
+		--vmlinux "$OUT/vmlinux-$1" || exit 1
 }
 
 # set_ftpatch_config y|n: CONFIG_FTPATCH in the build's .config.
@@ -694,34 +406,36 @@ build_kernels() {
 		die "make modules left the in-tree $INTREE_KO not rewritten"
 	cp "$BUILD/$INTREE_KO" "$OUT/intree-${INTREE_KO##*/}"
 	$FTPATCH_CMD scan --json "$OUT/intree-${INTREE_KO##*/}" > "$OUT/scan-intree.json"
-	result intree_module_sites "$(scan_counts "$OUT/scan-intree.json")"
-	# Its sites outside .init.text: what the kernel lists once it has loaded.
-	result intree_module_core_sites "$(python3 -c 'import json, sys; print(sum(not s["target_section"].startswith(".init") for s in json.load(open(sys.argv[1]))["files"][0]["sites"]))' "$OUT/scan-intree.json")"
+	# With its sites outside .init.text: what the kernel lists once it has loaded.
+	e2e scan "$SUMMARY" "$OUT/scan-intree.json" --counts intree_module_sites \
+		--core-sites intree_module_core_sites
 	"${KMAKE[@]}" M="$WORK/modules/ftpatch" modules > "$OUT/build-module-again.log" 2>&1 ||
 		die "module rebuild failed (see $OUT/build-module-again.log)"
 	grep -q 'FTPATCH \[M\]' "$OUT/build-module-again.log" &&
 		die "an unchanged module was rewritten again (see $OUT/build-module-again.log)"
 	$FTPATCH_CMD scan --json "$WORK/modules/ftpatch/ftpatch_test.ko" > "$OUT/scan-module.json"
-	result module_sites "$(scan_counts "$OUT/scan-module.json")"
+	e2e scan "$SUMMARY" "$OUT/scan-module.json" --counts module_sites
 	FTPATCH=true build_module unrewritten
 	$FTPATCH_CMD rewrite --check --quiet "$WORK/modules/unrewritten/ftpatch_test.ko" &&
 		die "the module built with FTPATCH=true is rewritten"
-	result module_damaged_site "\"$(damage_one_site "$WORK/modules/ftpatch/ftpatch_test.ko" "$OUT/ftpatch_test-damaged.ko")\""
-	# CALL_OPS kernels: one whose ops literal lies over code, which ftpatch
-	# verify must fail as the kernel refuses it.
+	# Its first MOV X9, X30 in .text turned into a NOP (found with pyelftools, not ftpatch).
+	note module_damaged_site "$(e2e damage "$WORK/modules/ftpatch/ftpatch_test.ko" "$OUT/ftpatch_test-damaged.ko")"
+	# CALL_OPS kernels: one whose ops literal lies over code (its symbol-less
+	# site rewritten one word off, with pyelftools), which ftpatch verify
+	# must fail as the kernel refuses it.
 	local literal=() where rc=0
 	if [ "$KVER" != 6.1 ]; then
-		where=$(misplace_literal "$WORK/modules/ftpatch/ftpatch_test.ko" "$OUT/ftpatch_test-literal-damaged.ko") ||
+		where=$(e2e misplace-literal "$WORK/modules/ftpatch/ftpatch_test.ko" "$OUT/ftpatch_test-literal-damaged.ko") ||
 			die "could not make the literal-damaged module"
-		result module_literal_damaged_site "\"$where\""
+		note module_literal_damaged_site "$where"
 		literal=(refuse-literal-damaged="$OUT/ftpatch_test-literal-damaged.ko")
 		$FTPATCH_CMD verify "$OUT/ftpatch_test-literal-damaged.ko" > "$OUT/verify-literal-damaged.log" 2>&1 || rc=$?
 		case $rc in
 		0)
-			result module_literal_damaged_verify '"passed"'
+			note module_literal_damaged_verify passed
 			DEFERRED_FAIL+=("ftpatch verify passes the literal-damaged module (see $OUT/verify-literal-damaged.log)")
 			;;
-		1) result module_literal_damaged_verify "\"failed: $(grep -m1 -o 'FAIL.*' "$OUT/verify-literal-damaged.log" | tr -d '"')\"" ;;
+		1) note module_literal_damaged_verify "failed: $(grep -m1 -o 'FAIL.*' "$OUT/verify-literal-damaged.log")" ;;
 		*) DEFERRED_FAIL+=("ftpatch verify exited $rc on $OUT/ftpatch_test-literal-damaged.ko") ;;
 		esac
 	fi
@@ -732,59 +446,6 @@ build_kernels() {
 		"intree-$(basename "$INTREE_KO" .ko)"="$OUT/intree-${INTREE_KO##*/}"
 	module_initrd stock "$WORK/modules/stock/ftpatch_test.ko" \
 		refuse-foreign="$WORK/modules/ftpatch/ftpatch_test.ko"
-}
-
-# module_check: the passing boots refused each refuse-*.ko for the
-# reason it was made for, and loaded, traced, unloaded and reloaded the
-# test module (the init checks the traces); the rest of each boot shows
-# ftrace still works.
-module_check() {
-	local ftp=${RESULT[boot_log_ftpatch]//\"/} stk=${RESULT[boot_log_stock]//\"/} kind logf
-	for kind in foreign unrewritten damaged; do
-		grep -q "^ftpatch-init: module refuse-$kind.ko refused: Exec format error" "$ftp" ||
-			die "boot ftpatch: refuse-$kind.ko not refused (log $ftp)"
-	done
-	grep -q "^ftpatch-init: module refuse-foreign.ko refused: Exec format error" "$stk" ||
-		die "boot stock: the rewritten module was not refused (log $stk)"
-	grep -q "ftpatch_test: version magic '.* aarch64 ftpatch' should be '.* aarch64'" "$stk" ||
-		die "boot stock: no version magic message for the rewritten module (log $stk)"
-	grep -q "ftpatch_test: version magic '.* aarch64' should be '.* aarch64 ftpatch'" "$ftp" ||
-		die "boot ftpatch: no version magic message for the stock module (log $ftp)"
-	# ftpatch_module_check() refuses the unrewritten module at its first
-	# site (6.12: its record on the first prefix NOP, not at a BL slot; 6.1:
-	# on the first entry NOP, no MOV before it) and the damaged one at the
-	# site damage_one_site changed (NOP where the MOV was).
-	[ "$(grep -c 'ftpatch_test: ftrace site .*not rewritten by ftpatch' "$ftp")" -eq 2 ] ||
-		die "boot ftpatch: expected two module refusals by ftpatch_module_check (log $ftp)"
-	grep -qE "ftpatch_test: ftrace site at (init_)?text\+0x[0-9a-f]+: found 0xd503201f 0xd503201f, expected 0xaa1e03e9 0xd503201f: not rewritten by ftpatch" "$ftp" ||
-		die "boot ftpatch: no refusal of the damaged site (log $ftp)"
-	# CALL_OPS: the literal-damaged one at its misplaced record, by the
-	# words of its literal (the MOV and the NOP there are as expected).
-	if [ "$KVER" != 6.1 ]; then
-		grep -q "^ftpatch-init: module refuse-literal-damaged.ko refused: Exec format error" "$ftp" ||
-			die "boot ftpatch: refuse-literal-damaged.ko not refused (log $ftp)"
-		result module_literal_refusal "\"$(grep -oE 'ftpatch_test: ftrace site at text\+0x[0-9a-f]+: ops literal at site-0xc holds 0x[0-9a-f]{8} 0x[0-9a-f]{8}, not two NOPs: the kernel would overwrite them' "$ftp" | head -1)\""
-		[ -n "${RESULT[module_literal_refusal]//\"/}" ] ||
-			die "boot ftpatch: no refusal of the literal-damaged site by its literal (log $ftp)"
-	fi
-	grep -q "^ftpatch-init: in-tree module trace_events_sample loaded: [1-9][0-9]* functions listed for ftrace; unloaded" "$ftp" ||
-		die "boot ftpatch: the in-tree module did not load with its functions listed (log $ftp)"
-	result intree_module_listed "$(sed -n 's/^ftpatch-init: in-tree module trace_events_sample loaded: \([0-9]*\) functions.*/\1/p' "$ftp")"
-	[ "${RESULT[intree_module_listed]}" = "${RESULT[intree_module_core_sites]}" ] ||
-		die "boot ftpatch: the in-tree module has ${RESULT[intree_module_core_sites]} sites outside .init.text, the kernel listed ${RESULT[intree_module_listed]} functions"
-	result module_refusals "\"$(grep -o 'ftpatch_test: ftrace site [^:]*: found 0x[0-9a-f]* 0x[0-9a-f]*' "$ftp" | sed 's/ftpatch_test: ftrace site at //' | paste -sd';')\""
-	for kind in ftpatch stock; do
-		logf=${RESULT[boot_log_$kind]//\"/}
-		grep -q '^ftpatch-init: module: reloaded and traced' "$logf" ||
-			die "boot $kind: the module checks did not finish (log $logf)"
-		result "module_calls_$kind" "\"$(sed -n 's/^ftpatch-init: module: text [a-z_]* at .*calls go //p' "$logf")\""
-		result "module_init_calls_$kind" "\"$(sed -n 's/^ftpatch-init: module: init text [a-z_]* at .*calls go //p' "$logf")\""
-		# Bursts the init recorded again (a module function missing, nothing
-		# outside the filter: see module_burst in examples/kernel/init.c).
-		result "module_burst_retries_$kind" "$(grep -c '^ftpatch-init: module: [a-z_]* burst [0-9] lacks ' "$logf" || true)"
-		grep -q "^ftpatch-init: module: text and init text calls go $MODULE_PATH " "$logf" ||
-			die "boot $kind: the module's calls did not go $MODULE_PATH (log $logf)"
-	done
 }
 
 # module_stamp_check: the module build's stamp holds the FTPATCH command:
@@ -802,71 +463,25 @@ module_stamp_check() {
 		die "the same FTPATCH command rewrote an unchanged module again (see $OUT/build-module-samecmd.log)"
 	$FTPATCH_CMD rewrite --check --quiet "$dir/ftpatch_test.ko" ||
 		die "after the FTPATCH command changed, ftpatch_test.ko is not rewritten"
-	result module_stamp_tracks_command '"yes"'
+	note module_stamp_tracks_command yes
 }
 
-# ops_check NAME: with OPS_CYCLES > 0, the passing boot of NAME ran the two
-# ftrace users OPS_CYCLES times and its instance traced only its filter.
-ops_check() {
-	local name=$1 logf=${RESULT[boot_log_$1]} last
-	[ "$OPS_CYCLES" -gt 0 ] || return 0
-	logf=${logf//\"/}
-	grep -q "^ftpatch-init: two ftrace users: $OPS_CYCLES cycles" "$logf" ||
-		die "boot $name: no \"two ftrace users: $OPS_CYCLES cycles\" line in $logf"
-	last=$(grep 'burst of [0-9]* ms (function_graph at the top)' "$logf" | tail -1)
-	[ -n "$last" ] || die "boot $name: no instance burst line in $logf"
-	result "ops_instance_burst_$name" "\"${last#ftpatch-init: }\""
-}
-
-# enabled_check NAME: in the passing boot of NAME, with the function tracer
-# on for the first time, enabled_functions listed every live record
-# (dyn_ftrace_total_info: the records the kernel keeps once the init text is
-# freed), each one turned into a BL by ftrace_modify_code() after it checked
-# the NOP it expected.
-enabled_check() {
-	local name=$1 logf=${RESULT[boot_log_$1]} enabled live
-	logf=${logf//\"/}
-	enabled=$(sed -n 's/^ftpatch-init: function tracer on: \([0-9]*\) lines in enabled_functions$/\1/p' "$logf")
-	live=$(sed -n 's/^ftpatch-init: dyn_ftrace_total_info: \([0-9]*\) .*/\1/p' "$logf")
-	result "enabled_functions_$name" "${enabled:-null}"
-	result "live_records_$name" "${live:-null}"
-	[ -n "$enabled" ] && [ "$enabled" = "$live" ] ||
-		die "boot $name: the function tracer enabled ${enabled:-?} functions of ${live:-?} live records (log $logf)"
-}
-
-# kaslr_check: 6.12, both passing boots were randomized, each its own way:
-# the kernel said "KASLR enabled" and _stext moved by a non-zero offset that
-# differs between the two boots (qemu -M virt gives each boot a kaslr-seed).
-kaslr_check() {
-	local kind logf off offs=()
-	for kind in ftpatch stock; do
-		logf=${RESULT[boot_log_$kind]//\"/}
-		off=$(kaslr_offset "$kind" "$logf")
-		result "kaslr_offset_$kind" "\"0x${off:-?}\""
-		grep -q 'KASLR enabled' "$logf" || die "boot $kind: no \"KASLR enabled\" in $logf"
-		[ -n "$off" ] && [ "$off" != 0 ] || die "boot $kind: _stext not moved (offset ${off:-unknown}) in $logf"
-		offs+=("$off")
-	done
-	[ "${offs[0]}" != "${offs[1]}" ] || die "the ftpatch and stock boots have the same KASLR offset 0x${offs[0]}"
-}
-
-# bti_check: 6.12-clang, the passing boots ran with BTI and PAuth detected.
-bti_check() {
-	local kind logf
-	for kind in ftpatch stock; do
-		logf=${RESULT[boot_log_$kind]//\"/}
-		grep -q 'CPU features: detected: Branch Target Identification' "$logf" ||
-			die "boot $kind: BTI not detected (log $logf)"
-		grep -qE 'CPU features: detected: Address authentication' "$logf" ||
-			die "boot $kind: PAuth not detected (log $logf)"
-	done
-	result bti_pauth_detected '"yes"'
+# records_check IMAGE EXPECT KEY [ARGS...]: every record of IMAGE (a linked
+# vmlinux or a module) in state EXPECT, read by the judge's records checker
+# (pyelftools and binutils, never ftpatch), in the layout of this kernel.
+records_check() {
+	local image=$1 expect=$2 key=$3 call_ops=()
+	shift 3
+	[ "$KVER" = 6.1 ] || call_ops=(--call-ops)
+	e2e records "$image" --expect "$expect" "${call_ops[@]}" --summary "$SUMMARY" --key "$key" "$@" ||
+		exit 1
 }
 
 main() {
-	result kernel_version "\"$KVER\""
 	install_deps
 	prepare_tree
+	rm -f "$SUMMARY"
+	note kernel_version "$KVER"
 	build_init
 	configure
 
@@ -877,62 +492,37 @@ main() {
 
 	# Static checks of the rewrite.
 	$FTPATCH_CMD scan "$BUILD/vmlinux.o" --json > "$OUT/scan-vmlinux.o.json"
-	python3 - "$OUT/scan-vmlinux.o.json" > "$OUT/scan-states.txt" <<'EOF'
-import collections, json, sys
-(entry,) = json.load(open(sys.argv[1]))["files"]
-states = collections.Counter(site["state"] for site in entry["sites"])
-print(len(entry["sites"]), " ".join(f"{k}={v}" for k, v in sorted(states.items())))
-EOF
-	result sites_in_vmlinux_o "$(cut -d' ' -f1 "$OUT/scan-states.txt")"
-	result scan_states "\"$(cut -d' ' -f2- "$OUT/scan-states.txt")\""
-	# The linked images, read by ftpatch's own image reader.
-	local kind
+	e2e scan "$SUMMARY" "$OUT/scan-vmlinux.o.json" --sites sites_in_vmlinux_o --states scan_states
+	# The linked images, read by ftpatch's own image reader, and every
+	# record against readers independent of ftpatch: the words between
+	# __start_mcount_loc and __stop_mcount_loc, the function symbols
+	# (pyelftools) and the instructions at each (objdump); ftpatch scan must
+	# list the same records.  Then the modules: the test module as each
+	# kernel's build left it, and the rewritten in-tree one.
+	local kind expect
 	for kind in stock ftpatch; do
 		$FTPATCH_CMD scan "$OUT/vmlinux-$kind" --json > "$OUT/scan-vmlinux-$kind.json"
-		result "scan_counts_vmlinux_$kind" "$(scan_counts "$OUT/scan-vmlinux-$kind.json")"
-	done
-	result objdump_mov_nop_sites_ftpatch "$(objdump_check ftpatch)"
-	result objdump_nop_nop_sites_stock "$(objdump_check stock)"
-	# Every record against readers independent of ftpatch: the words between
-	# __start_mcount_loc and __stop_mcount_loc and the function symbols
-	# (pyelftools), the instructions around each (objdump, above).
-	local layout=plain
-	[ "$KVER" = 6.1 ] || layout=call-ops
-	for kind in ftpatch stock; do
-		result "mcount_check_$kind" "$("$FTPATCH_PY" "$REPO/scripts/mcount-check.py" "$OUT/vmlinux-$kind" \
-			"$OUT/objdump-$kind.txt" "$OUT/scan-vmlinux-$kind.json" "$kind" "$layout")"
-	done
-	# And scripts/check-records.py (pyelftools alone, each record's state
-	# from the typed, sized function symbols, or from its words where the
-	# kernel kept a function without its symbol: 6.1's overridden weak
-	# functions, 45 records with MODULES, 40 without): exit 1 on any
-	# non-zero record not in the expected state.
-	local expect prefix=0
-	[ "$KVER" = 6.1 ] || prefix=2
-	for kind in ftpatch stock; do
+		e2e scan "$SUMMARY" "$OUT/scan-vmlinux-$kind.json" --counts "scan_counts_vmlinux_$kind"
 		expect=pristine
 		[ "$kind" = stock ] || expect=rewritten
-		if "$FTPATCH_PY" "$REPO/scripts/check-records.py" "$OUT/vmlinux-$kind" --expect "$expect" \
-			--prefix "$prefix" > "$OUT/check-records-$kind.txt" 2>&1; then
-			result "check_records_$kind" "\"$(tail -1 "$OUT/check-records-$kind.txt")\""
-		else
-			cat "$OUT/check-records-$kind.txt"
-			die "scripts/check-records.py: vmlinux-$kind not all $expect (see $OUT/check-records-$kind.txt)"
-		fi
+		records_check "$OUT/vmlinux-$kind" "$expect" "records_check_$kind" \
+			--objdump "${CROSS}objdump" --scan "$OUT/scan-vmlinux-$kind.json"
+		records_check "$WORK/modules/$kind/ftpatch_test.ko" "$expect" "records_check_module_$kind"
 	done
+	records_check "$OUT/intree-${INTREE_KO##*/}" rewritten records_check_intree_module
 	# A verify failure is reported now and fails the run at the end, after
 	# the boots, so one run shows everything.
 	if $FTPATCH_CMD verify --help >/dev/null 2>&1; then
 		if $FTPATCH_CMD verify "$OUT/vmlinux-ftpatch" > "$OUT/verify.log" 2>&1; then
-			result verify '"passed"'
+			note verify passed
 		else
 			tail -3 "$OUT/verify.log"
-			result verify "\"failed: $(tail -1 "$OUT/verify.log" | sed 's/.*FAIL: //; s/"//g') (see $OUT/verify.log)\""
+			note verify "failed: $(tail -1 "$OUT/verify.log" | sed 's/.*FAIL: //') (see $OUT/verify.log)"
 			DEFERRED_FAIL+=("ftpatch verify $OUT/vmlinux-ftpatch failed")
 		fi
 	else
 		printf 'E2E SKIP ftpatch verify: "%s verify --help" does not work yet\n' "$FTPATCH_CMD"
-		result verify '"skipped: ftpatch verify not available"'
+		note verify "skipped: ftpatch verify not available"
 	fi
 
 	# 4. unrewritten: the ftpatch kernel code (0002) and a vmlinux.o that is
@@ -956,7 +546,7 @@ EOF
 	fi
 	grep -q 'vmlinux.o is not rewritten' "$OUT/build-norewrite.log" ||
 		die "the norewrite build failed, but not on the unrewritten vmlinux.o (see $OUT/build-norewrite.log)"
-	result norewrite_build_failed '"yes"'
+	note norewrite_build_failed yes
 	export FTPATCH=true
 	rm -f "$BUILD/vmlinux.o" "$BUILD/vmlinux"
 	build unrewritten
@@ -964,97 +554,28 @@ EOF
 	$FTPATCH_CMD rewrite --check --quiet "$BUILD/vmlinux.o" &&
 		die "unrewritten build: vmlinux.o is rewritten"
 
-	# Boots.
+	# Boots.  The stock kernel gets the same tracer switching as the ftpatch
+	# kernel: an equal control.  Then, across both passing boots, the
+	# modules (each refuse-*.ko refused for its reason, the test module
+	# loaded, traced, unloaded and reloaded along MODULE_PATH), KASLR (6.12)
+	# and BTI with PAuth (6.12-clang).
 	boot_expect_pass ftpatch "$SWITCHES" 3
-	ops_check ftpatch
-	enabled_check ftpatch
-	# The same tracer switching as the ftpatch kernel: an equal control.
 	boot_expect_pass stock "$SWITCHES" 3
-	ops_check stock
-	enabled_check stock
-	[ "$KVER" = 6.1 ] || kaslr_check
-	module_check
-	[ "$KVER" != 6.12-clang ] || bti_check
+	local checks=()
+	[ "$KVER" = 6.1 ] || checks+=(--kaslr)
+	[ "$KVER" != 6.12-clang ] || checks+=(--bti)
+	[ "$KVER" = 6.1 ] || checks+=(--call-ops)
+	e2e boots-check "$SUMMARY" --out "$OUT" --module-path "$MODULE_PATH" "${checks[@]}" || exit 1
 
-	# earlycon: these kernels may die before the PL011 driver takes the
-	# console (6.12-clang: BTI makes the stock adjustment land on aligned
-	# words, so nothing is "misaligned", and the kernel panics right after
-	# its ftrace bug); the boot console shows it.
-	BOOT_APPEND=earlycon boot negative 2 1
-	local verdict
-	verdict=$(judge "$BOOT_LOG" negative)
-	result boot_seconds_negative "$BOOT_SECONDS"
-	result boot_log_negative "\"$BOOT_LOG\""
-	result boot_verdict_negative "\"$verdict\""
-	# The stock ftrace_call_adjust() moves the records a second time
-	# ("Misaligned patch-site", 0 for such a record); ftrace_init_nop() then
-	# fails on them: an ftrace bug, or with MODULES (EXECMEM) a BUG in
-	# patch_map() while it writes the ops literal at the bogus address.
-	if grep -q 'ftrace bug' "$BOOT_LOG"; then
-		result negative_failure '"ftrace bug"'
-	elif grep -q 'Internal error: Oops' "$BOOT_LOG" && grep -q ' ftrace_init_nop+' "$BOOT_LOG" &&
-		grep -q ' ftrace_process_locs+' "$BOOT_LOG"; then
-		result negative_failure '"oops in ftrace_init_nop"'
-	else
-		die "negative kernel (rewritten vmlinux.o, stock arm64 ftrace) did not fail in its ftrace init: the checks are not real"
-	fi
-	grep -q '^FTPATCH-E2E: PASS' "$BOOT_LOG" && die "negative kernel's init reported PASS"
-	result negative_ftrace_bug '"yes"'
+	# The negative kernel's stock ftrace_call_adjust() moves the records a
+	# second time; the unrewritten kernel's patched ftrace_init_nop() finds
+	# NOP where it wants the MOV.  Both must fail in their ftrace init.
+	must_fail negative
+	must_fail unrewritten
 
-	BOOT_APPEND=earlycon boot unrewritten 2 1
-	verdict=$(judge "$BOOT_LOG" unrewritten)
-	result boot_seconds_unrewritten "$BOOT_SECONDS"
-	result boot_log_unrewritten "\"$BOOT_LOG\""
-	result boot_verdict_unrewritten "\"$verdict\""
-	# ftrace_bug() during ftrace_init_nop() says "Initializing ftrace call
-	# sites".  (The first record, gic_handle_irq+0x0, is the first word of
-	# .text, so reading rec->ip - 4 faults: "ftrace faulted on modifying";
-	# later sites would say "found 0xd503201f, expected 0xaa1e03e9".)
-	grep -q 'ftrace bug' "$BOOT_LOG" && grep -q 'Initializing ftrace call sites' "$BOOT_LOG" ||
-		die "unrewritten kernel (patched ftrace_init_nop, vmlinux.o not rewritten) did not refuse the sites"
-	grep -q '^FTPATCH-E2E: PASS' "$BOOT_LOG" && die "unrewritten kernel's init reported PASS"
-	result unrewritten_ftrace_bug '"yes"'
-
-	# Sites against what the kernel saw, and the entry instructions.  The
-	# kernel skips zero words (the records scripts/sorttable zeroes for
-	# overridden weak functions: 6.12, not 6.1), so it sees the non-zero
-	# records of the linked vmlinux, which pyelftools counted.
-	local sites kernel_entries=${RESULT[ftrace_entries_ftpatch]} zero_words
-	sites=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["records"])' "${RESULT[mcount_check_ftpatch]}")
-	zero_words=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["zero_words"])' "${RESULT[mcount_check_ftpatch]}")
-	result linked_records "$sites"
-	result linked_zero_words "$zero_words"
-	[ $((sites + zero_words)) = "${RESULT[sites_in_vmlinux_o]}" ] ||
-		die "vmlinux.o has ${RESULT[sites_in_vmlinux_o]} records, the linked vmlinux $sites and $zero_words zero words"
-	[ "$kernel_entries" = "${RESULT[ftrace_entries_stock]}" ] ||
-		die "stock and ftpatch kernels record different entry counts: ${RESULT[ftrace_entries_stock]} vs $kernel_entries"
-	[ "$sites" = "$kernel_entries" ] ||
-		die "the linked vmlinux has $sites non-zero records but the kernel recorded $kernel_entries"
-	[ "${RESULT[objdump_mov_nop_sites_ftpatch]}" = "$sites" ] ||
-		die "objdump: only ${RESULT[objdump_mov_nop_sites_ftpatch]} of $sites sites in vmlinux-ftpatch are mov x9, x30; nop"
-	[ "${RESULT[objdump_nop_nop_sites_stock]}" = "$sites" ] ||
-		die "objdump: only ${RESULT[objdump_nop_nop_sites_stock]} of $sites sites in vmlinux-stock are nop; nop"
-	for kind in ftpatch stock; do
-		python3 -c '
-import json, sys
-c, n = json.loads(sys.argv[1]), int(sys.argv[2])
-sys.exit(not (c["records"] == c["layout_ok"] == c["entry_symbol_ok"] + c["entry_without_symbol"] == n
-              and c["scan_lists_the_same_records"]))
-' "${RESULT[mcount_check_$kind]}" "$sites" ||
-			die "mcount_loc records of vmlinux-$kind against pyelftools/objdump: ${RESULT[mcount_check_$kind]} ($sites sites)"
-	done
-
-	write_summary
-	if [ ${#DEFERRED_FAIL[@]} -gt 0 ]; then
-		printf 'E2E FAIL %s\n' "${DEFERRED_FAIL[@]}"
-		exit 1
-	fi
-	printf 'E2E PASS: Linux %s: %s patch sites in vmlinux.o, %s zeroed in vmlinux; the kernel saw %s; ftrace_init %s ms (ftpatch) vs %s ms (stock)\n' \
-		"$KVER" "${RESULT[sites_in_vmlinux_o]}" "$zero_words" "$kernel_entries" "${RESULT[ftrace_init_ms_ftpatch]}" "${RESULT[ftrace_init_ms_stock]}"
+	# The records of vmlinux.o, of the linked images and those the kernels
+	# saw agree; then the verdict of the whole run.
+	e2e final "$SUMMARY" "${DEFERRED_FAIL[@]/#/--deferred-fail=}" || exit 1
 }
 
-# Sourced (tests/test_kernel_judge.py) it only defines the functions.
-if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
-	trap 'write_summary 2>/dev/null || true' EXIT
-	main "$@"
-fi
+main "$@"

@@ -12,7 +12,7 @@ quick=0
 
 if [[ $quick -eq 1 ]]; then bash scripts/install-deps.sh --quick; else bash scripts/install-deps.sh; fi
 PY=.venv/bin/python
-echo "== ruff"; $PY -m ruff check $(ls -d ftpatch tests benchmarks fuzz 2>/dev/null)
+echo "== ruff"; $PY -m ruff check $(ls -d ftpatch tests benchmarks fuzz scripts 2>/dev/null)
 echo "== mypy"; $PY -m mypy
 # Everything, the real-kernel end-to-end check included (scripts/kernel-e2e.sh,
 # pytest marker "kernel", three kernels, 40-50 minutes on 2 cores).  --quick skips
