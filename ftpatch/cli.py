@@ -593,6 +593,12 @@ def verify(
         progress=bar.update if bar.enabled else None,
         notes_apart=not verbose,
     )
+    if jobs > 1:
+        # The workers fork from here: load the verifier and unicorn once,
+        # not once in each worker.
+        import unicorn  # noqa: F401
+
+        import ftpatch.verify.core  # noqa: F401
     printer = _Printer(json_)
     tally = Tally(every_row=verbose)
 

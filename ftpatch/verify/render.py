@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 
 from ftpatch import arm64
 from ftpatch.elf.container import Compression
-from ftpatch.report import wrapping
 from ftpatch.verify.data import Counterexample, Emulation
 from ftpatch.verify.findings import Finding, SiteResult, VerifyReport
 
@@ -171,8 +170,13 @@ def file_summary(report: VerifyReport) -> FileSummary:
 
 
 def _kind(s: FileSummary) -> str:
-    wrapped = wrapping(s.signed, s.compression)
-    return f"{s.kind}, {wrapped}" if wrapped else s.kind
+    """``relocatable``, ``relocatable, xz-compressed, signed``: short, for a table cell."""
+    parts = [s.kind]
+    if s.compression is not None:
+        parts.append(f"{s.compression.value}-compressed")
+    if s.signed:
+        parts.append("signed")
+    return ", ".join(parts)
 
 
 def summary_line(s: FileSummary) -> str:
