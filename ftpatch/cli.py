@@ -25,7 +25,7 @@ from typer.core import TyperCommand
 
 from ftpatch import __version__
 from ftpatch.errors import FtpatchError
-from ftpatch.model import RecordsMode, State
+from ftpatch.model import RecordsMode
 
 if TYPE_CHECKING:
     from ftpatch.rewrite import RewriteResult
@@ -354,9 +354,7 @@ def _rewrite_outcome(
         lines.append(rewrite_line(result, check=check, dry_run=dry_run))
     if dry_run:
         lines.extend(plan_lines(result))
-    # Zero records exist in linked images only, which the general path (and
-    # so a Plan) always handles.
-    zero = sum(1 for s in (result.plan.sites if result.plan else ()) if s.state is State.SKIPPED)
+    zero = result.skipped  # zero records: linked images only
     warnings = (f"{result.path}: note: {zero_records_note(zero)}",) if zero else ()
     doc = _dumps(rewrite_dict(result)) if detail else ""
     return _Outcome(result.path, status, tuple(lines), warnings, doc)

@@ -77,6 +77,9 @@ class Problem(enum.Enum):
     # No function symbol at the record, and its words fit more than one
     # prefix length: the file's other sites decide (scan_elf), else invalid.
     PREFIX_UNKNOWN = "prefix-unknown"
+    # The record names a word no caller runs: inside a function's body (dead
+    # code, padding) or in the prefix before one.
+    NOT_AT_ENTRY = "not-at-entry"
     OTHER = "other"  # anything else: the reason says what
 
 
@@ -107,6 +110,7 @@ class Record(NamedTuple):
     target_offset: int  # offset of the record's target within target_section
     target_address: int | None = None  # virtual address (linked images only)
     mirror_file_offset: int | None = None  # a second copy of the value (PIE word)
+    target_index: int | None = None  # section header index of target_section
 
 
 class Layout(NamedTuple):
@@ -142,9 +146,13 @@ class Site(NamedTuple):
     slot_file_offset: int | None = None
     slot_address: int | None = None  # linked images: virtual address of the slot
     # Where callers enter the function (offset in target_section): its typed,
-    # sized function symbol; None where no such symbol says (then the words do).
+    # sized function symbol, or for a symbol-less site the first word after
+    # its prefix (classify.Verdict.entry); None where nothing says.
     entry_offset: int | None = None
     problem: Problem | None = None  # why an invalid site is invalid
+    # CALL_OPS: offset of the 8-byte ops literal the kernel stores at
+    # ALIGN_DOWN(slot - 12, 8) (classify.literal_of); None otherwise.
+    literal_offset: int | None = None
 
 
 class EditKind(enum.Enum):

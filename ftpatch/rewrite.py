@@ -15,8 +15,8 @@ from ftpatch.elf.container import HEAD_SIZE, compression_of
 from ftpatch.elf.reader import ElfFile, mapped_elf, open_regular
 from ftpatch.elf.writer import locked, write_edits
 from ftpatch.errors import FtpatchError
-from ftpatch.fastpath import plan_object
-from ftpatch.model import Location, Plan, RecordsMode, State
+from ftpatch.model import Location, Plan, RecordsMode
+from ftpatch.plan import plan_file
 
 
 class RewriteResult(NamedTuple):
@@ -30,9 +30,9 @@ class RewriteResult(NamedTuple):
     rewritten: int  # sites found already rewritten
     changes: bool
     written: bool  # a file was written (output differs from input, or -o given)
-    # The whole plan, site by site, when the general path made it (always
-    # with detail=True); None when the columnar fast path did (fastpath.py).
+    # The whole plan, site by site, for output that shows it (detail=True).
     plan: Plan | None = None
+    skipped: int = 0  # zero records of a linked image, left alone
     signed: bool = False  # the input ends in an appended module signature
     # The output is the ELF data alone, the signature dropped (or, with
     # check/dry_run, would be): strip_signature on a signed input.
@@ -49,11 +49,9 @@ def rewrite_file(
     detail: bool = False,
     strip_signature: bool = False,
 ) -> RewriteResult:
-    """Rewrite one file (in place, or to ``output``); ``detail`` keeps the Plan.
-
-    Compiler-made objects take the columnar fast path unless ``detail`` asks
-    for every site and edit (``--dry-run``, ``--json``); the result and the
-    bytes written are the same either way (tests/test_fastpath.py).
+    """Rewrite one file (in place, or to ``output``); ``detail`` keeps the
+    Plan site by site (``--dry-run``, ``--json``), built from the same edit
+    columns that are written.
 
     A compressed input is refused: writing it back would mean compressing
     again, which is the install's business.  A signed module
@@ -145,69 +143,56 @@ def _rewrite_open(
     strip_signature: bool,
 ) -> RewriteResult:
     """``rewrite_file`` on the open, locked input."""
-    fast = None if detail else plan_object(elf)
+    planned = plan_file(elf, records_mode)
     plan: Plan | None = None
-    if fast is not None:
-        result = RewriteResult(
-            path, shown, fast.sites, fast.pristine, fast.rewritten, bool(fast.edits), False
-        )
-    else:
-        # The general path (linked images, odd objects, --dry-run, --json,
-        # invalid sites): loaded only when taken.
-        from ftpatch.plan import plan_rewrite
+    if detail:
+        from ftpatch.plan import detail as plan_detail
         from ftpatch.scan import scan_elf
 
-        sites = scan_elf(elf, records_mode)
-        plan = plan_rewrite(path, sites, big_endian=elf.big_endian)
-        result = RewriteResult(
-            path,
-            shown,
-            len(sites),
-            sum(1 for s in sites if s.state is State.PRISTINE),
-            sum(1 for s in sites if s.state is State.REWRITTEN),
-            plan.changes,
-            False,
-            plan,
-        )
+        plan = plan_detail(path, scan_elf(elf, records_mode), planned.edits)
     signed = elf.signature is not None
     strips = signed and strip_signature
-    result = result._replace(signed=signed, strips=strips)
+    result = RewriteResult(
+        path,
+        shown,
+        planned.sites,
+        planned.pristine,
+        planned.rewritten,
+        bool(planned.edits),
+        False,
+        plan,
+        planned.skipped,
+        signed,
+        strips,
+    )
     if check or dry_run:
         return result
     if signed and result.changes and not strips:
         raise _refuse_signed(path, result.pristine)
     if not result.changes and not strips and output is None:
         return result
-    if fast is not None:
-        columns = fast.edits
-    else:
-        from ftpatch.plan import edit_columns
-
-        columns = edit_columns(plan.edits)  # type: ignore[union-attr]
     write_edits(
         source,
         dest,
-        columns,
+        planned.edits,
         source_name=path,
         dest_name=shown,
-        locate=_locator(path, elf, plan, records_mode),
+        locate=_locator(path, elf, records_mode),
         size=elf.size if strips else None,
     )
     return result._replace(written=True)
 
 
-def _locator(
-    path: str, elf: ElfFile, plan: Plan | None, records_mode: RecordsMode
-) -> Callable[[int], Location]:
+def _locator(path: str, elf: ElfFile, records_mode: RecordsMode) -> Callable[[int], Location]:
     """File offset of an edit -> the place it changes, for the writer's
-    messages.  The columnar plan keeps no Sites: they are made here from
-    the file as it is now, only when a message needs one."""
+    messages.  The plan keeps no Sites: they are made here from the file as
+    it is now, only when a message needs one."""
 
     def locate(file_offset: int) -> Location:
         from ftpatch.scan import scan_elf
 
         try:
-            sites = plan.sites if plan is not None else scan_elf(elf, records_mode)
+            sites = scan_elf(elf, records_mode)
         except FtpatchError:
             return Location(path)
         for site in sites:

@@ -1,16 +1,17 @@
 """Records -> Sites: what each record's function entry is, for scan, --json and verify.
 
 Each record is mapped to its code section and offset (elf/records.py for
-objects, elf/image.py for linked images) and judged by ``classify``, the one
-classifier the rewrite's columnar path asks too; this module only turns its
-verdicts into ``Site`` objects for the commands that show them.
+objects, elf/image.py for linked images) and judged by
+``classify.classify_file``, as the rewrite's planner judges it too; this
+module only turns the verdicts into ``Site`` objects for the commands that
+show them.
 """
 
 from __future__ import annotations
 
 from types import TracebackType
 
-from ftpatch.classify import Code, Verdict, classify, code_of
+from ftpatch.classify import Code, Verdict, classify_file, code_of
 from ftpatch.elf.reader import ET_REL, ElfFile, Section, open_elf
 from ftpatch.elf.records import RawRecord, object_records
 from ftpatch.model import Location, Problem, Record, RecordKind, RecordsMode, Site, State
@@ -32,12 +33,17 @@ class ScanResult:
     (A plain class: ``dataclasses`` stays off the rewrite's start-up, which
     imports this module for its messages.)"""
 
-    __slots__ = ("elf", "path", "sites")
+    __slots__ = ("elf", "path", "prefix", "sites")
 
-    def __init__(self, path: str, elf: ElfFile, sites: tuple[Site, ...]) -> None:
+    def __init__(
+        self, path: str, elf: ElfFile, sites: tuple[Site, ...], prefix: int | None = None
+    ) -> None:
         self.path = path
         self.elf = elf
         self.sites = sites
+        # NOP words before each function symbol, as classify.agreed_prefix
+        # decided them (2 under CALL_OPS); None: nothing says.
+        self.prefix = prefix
 
     @property
     def linked(self) -> bool:
@@ -76,82 +82,94 @@ class ScanResult:
 def scan_file(path: str, records_mode: RecordsMode = "auto") -> ScanResult:
     elf = open_elf(path)
     try:
-        return ScanResult(path, elf, scan_elf(elf, records_mode))
+        sites, prefix = scan_sites(elf, records_mode)
+        return ScanResult(path, elf, sites, prefix)
     except BaseException:
         elf.close()
         raise
 
 
 def scan_elf(elf: ElfFile, records_mode: RecordsMode = "auto") -> tuple[Site, ...]:
+    return scan_sites(elf, records_mode)[0]
+
+
+def raw_records(elf: ElfFile, records_mode: RecordsMode) -> tuple[list[RawRecord], RecordKind]:
+    """The file's records, mapped to code: RELA addends in an object, the
+    records table of a linked image."""
     if elf.e_type == ET_REL:
-        raw = object_records(elf)
-        kind = RecordKind.RELA_ADDEND
-    else:
-        from ftpatch.elf.image import image_records  # linked images only
+        return object_records(elf), RecordKind.RELA_ADDEND
+    from ftpatch.elf.image import image_records  # linked images only
 
-        raw, kind, _area = image_records(elf, records_mode)
-    classifier = _Classifier(elf)
-    sites = [classifier.site(r, kind) for r in raw]
-    if any(s.problem is Problem.PREFIX_UNKNOWN for s in sites):
-        # Records with no function symbol whose words fit more than one
-        # prefix length (classify.py, rule 2): the prefix every pristine
-        # site with a function symbol has decides, if they agree.
-        prefixes = {
-            s.layout.prefix_nops
-            for s in sites
-            if s.state is State.PRISTINE and s.entry_offset is not None and s.layout is not None
-        }
-        if len(prefixes) == 1 and None not in prefixes:
-            classifier.prefix = prefixes.pop()
-            sites = [
-                classifier.site(r, kind) if s.problem is Problem.PREFIX_UNKNOWN else s
-                for r, s in zip(raw, sites, strict=True)
-            ]
-    return tuple(sites)
+    raw, kind, _area = image_records(elf, records_mode)
+    return raw, kind
 
 
-class _Classifier:
-    """Sites of one file's records, each judged by ``classify``."""
-
-    def __init__(self, elf: ElfFile) -> None:
-        self.elf = elf
-        self.linked = elf.e_type != ET_REL
-        self._codes: dict[int, Code] = {}
-        self.prefix: int | None = None  # Code.prefix, once scan_elf knows it
-
-    def site(self, raw: RawRecord, kind: RecordKind) -> Site:
-        elf = self.elf
-        sec = raw.target
-        target_name = sec.name if sec is not None else "?"
-        address = raw.target_offset + sec.sh_addr if (sec is not None and self.linked) else None
-        record = Record(
-            raw.section.name,
-            raw.section.index,
-            raw.index,
-            kind,
-            raw.value_file_offset,
-            raw.value,
-            target_name,
-            raw.target_offset,
-            address,
-            raw.mirror_file_offset,
-        )
-        if raw.problem is not None or sec is None:
-            where = Location(elf.path, raw.section.name, raw.index * 8)
-            if raw.zero:
-                return Site(record, where, None, None, State.SKIPPED, ZERO_RECORD)
-            return Site(
-                record, where, None, None, State.INVALID, raw.problem, problem=Problem.OTHER
-            )
-        code = self._codes.get(sec.index)
-        if code is None or code.prefix != self.prefix:
-            code = self._codes[sec.index] = code_of(elf, sec)._replace(prefix=self.prefix)
-        return site_of(elf.path, sec, code, record, classify(code, raw.target_offset), self.linked)
+def record_codes(elf: ElfFile, raw: list[RawRecord]) -> list[Code | None]:
+    """The classifier's view of the code section each record points into
+    (None where the record is not mapped to code: its problem, or a zero
+    record), one ``Code`` per section."""
+    codes: dict[int, Code] = {}
+    out: list[Code | None] = []
+    for r in raw:
+        sec = r.target
+        if r.problem is not None or sec is None:
+            out.append(None)
+            continue
+        code = codes.get(sec.index)
+        if code is None:
+            code = codes[sec.index] = code_of(elf, sec)
+        out.append(code)
+    return out
 
 
-def site_of(
-    path: str, sec: Section, code: Code, record: Record, v: Verdict, linked: bool
+def scan_sites(
+    elf: ElfFile, records_mode: RecordsMode = "auto"
+) -> tuple[tuple[Site, ...], int | None]:
+    """Every record's Site, and the file's prefix (classify.agreed_prefix)."""
+    raw, kind = raw_records(elf, records_mode)
+    codes = record_codes(elf, raw)
+    judged = classify_file(codes, [r.target_offset for r in raw])
+    linked = elf.e_type != ET_REL
+    sites = tuple(
+        _site(elf, r, kind, code, v, linked)
+        for r, code, v in zip(raw, codes, judged.verdicts, strict=True)
+    )
+    return sites, judged.prefix
+
+
+def _site(
+    elf: ElfFile,
+    raw: RawRecord,
+    kind: RecordKind,
+    code: Code | None,
+    v: Verdict | None,
+    linked: bool,
 ) -> Site:
+    sec = raw.target
+    target_name = sec.name if sec is not None else "?"
+    address = raw.target_offset + sec.sh_addr if (sec is not None and linked) else None
+    record = Record(
+        raw.section.name,
+        raw.section.index,
+        raw.index,
+        kind,
+        raw.value_file_offset,
+        raw.value,
+        target_name,
+        raw.target_offset,
+        address,
+        raw.mirror_file_offset,
+        sec.index if sec is not None else None,
+    )
+    if code is None or v is None or sec is None:
+        where = Location(elf.path, raw.section.name, raw.index * 8)
+        if raw.zero:
+            return Site(record, where, None, None, State.SKIPPED, ZERO_RECORD)
+        return Site(record, where, None, None, State.INVALID, raw.problem, problem=Problem.OTHER)
+    return site_of(elf.path, sec, code, record, v, linked)
+
+
+def site_of(path: str, sec: Section, code: Code, record: Record, v: Verdict, linked: bool) -> Site:
     """The Site a verdict describes (for scan, --json, --dry-run, verify, messages)."""
     name = code.function(v.owner)
     if name is not None:
@@ -173,6 +191,5 @@ def site_of(
         (sec.sh_addr + slot) if linked and slot is not None else None,
         v.entry,
         v.problem,
+        v.literal,
     )
-
-

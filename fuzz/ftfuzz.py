@@ -449,9 +449,8 @@ def check(
             except FtpatchError as exc:
                 _one_line(exc, "scan")
                 scan_state = type(exc).__name__
-            # The general path's plan, site by site (what --dry-run shows): the
-            # rewrite below, which takes the columnar fast path when it can
-            # (ftpatch/fastpath.py), must write exactly these edits.
+            # The plan, site by site (what --dry-run shows): the rewrite below
+            # must write exactly these edits.
             planned: list[tuple[int, bytes]] | None = None
             planned_error: str | None = None
             try:

@@ -1,7 +1,6 @@
 """The one writer and its one contract: edit columns of (file offset, old, new).
 
-Both plans (the columnar one of fastpath.py and the general one of plan.py)
-reach the file only through ``write_edits``, which checks every old byte
+The one planner (plan.py) reaches the file only through ``write_edits``, which checks every old byte
 against the file before anything replaces it.  Here the file changes between
 the plan and the write (as a writer ignoring the lock would make it), and
 the writer must refuse, naming the place and both words, with the file
@@ -22,9 +21,8 @@ from ftpatch import arm64
 from ftpatch.elf.reader import mapped_elf
 from ftpatch.elf.writer import write_edits
 from ftpatch.errors import FtpatchError
-from ftpatch.fastpath import plan_object
 from ftpatch.model import EditColumn
-from ftpatch.plan import edit_columns, plan_rewrite
+from ftpatch.plan import detail, plan_file
 from ftpatch.rewrite import _locator
 from ftpatch.scan import scan_elf
 
@@ -38,27 +36,17 @@ def _copy(tmp_path: Path, name: str = OBJECT) -> Path:
     return work
 
 
-@pytest.mark.parametrize("general", [False, True], ids=["columnar", "general"])
-def test_changed_word_is_refused_naming_the_place_and_both_words(
-    tmp_path: Path, general: bool
-) -> None:
+def test_changed_word_is_refused_naming_the_place_and_both_words(tmp_path: Path) -> None:
     work = _copy(tmp_path)
     with mapped_elf(str(work)) as elf:
-        if general:
-            plan = plan_rewrite(str(work), scan_elf(elf), big_endian=elf.big_endian)
-            columns = edit_columns(plan.edits)
-            locate = _locator(str(work), elf, plan, "auto")
-        else:
-            fast = plan_object(elf)
-            assert fast is not None
-            columns = fast.edits
-            locate = _locator(str(work), elf, None, "auto")
+        columns = plan_file(elf).edits
+        locate = _locator(str(work), elf, "auto")
         movs = [c for c in columns if c.width == 4]
         target = movs[0].file_offsets[1]
         with mapped_elf(str(work)) as again:
             expected_place = next(
                 e.location
-                for e in plan_rewrite(str(work), scan_elf(again), big_endian=False).edits
+                for e in detail(str(work), scan_elf(again), plan_file(again).edits).edits
                 if e.file_offset == target
             )
         data = bytearray(work.read_bytes())
@@ -79,8 +67,7 @@ def test_changed_word_is_refused_naming_the_place_and_both_words(
 def test_changed_record_value_is_refused_with_both_values(tmp_path: Path) -> None:
     work = _copy(tmp_path)
     with mapped_elf(str(work)) as elf:
-        fast = plan_object(elf)
-    assert fast is not None
+        fast = plan_file(elf)
     records = next(c for c in fast.edits if c.width == 8)
     target = records.file_offsets[0]
     data = bytearray(work.read_bytes())
@@ -98,8 +85,7 @@ def test_edits_that_overlap_are_refused(tmp_path: Path) -> None:
     before = work.read_bytes()
     nop, mov = arm64.word_bytes(arm64.NOP), arm64.word_bytes(arm64.MOV_X9_X30)
     with mapped_elf(str(work)) as elf:
-        fast = plan_object(elf)
-    assert fast is not None
+        fast = plan_file(elf)
     first = next(c for c in fast.edits if c.width == 4).file_offsets[0]
     for offsets in ([first, first + 2], [first + 4, first]):
         column = EditColumn(4, array("Q", offsets), nop * 2, mov * 2)
@@ -114,8 +100,8 @@ def test_written_bytes_are_exactly_the_edits(tmp_path: Path) -> None:
     out = tmp_path / "out.o"
     before = work.read_bytes()
     with mapped_elf(str(work)) as elf:
-        fast = plan_object(elf)
-    assert fast is not None and fast.edits
+        fast = plan_file(elf)
+    assert fast.edits
     write_edits(str(work), str(out), fast.edits)
     after = bytearray(before)
     for column in fast.edits:

@@ -467,9 +467,11 @@ class ElfFile:
         return (32, 24, 0) if self.big_endian else (0, 32, 48)
 
     @cached_property
-    def function_entries(self) -> dict[int, tuple[array, array]]:  # type: ignore[type-arg]
+    def function_entries(self) -> dict[int, tuple[array, array, array]]:  # type: ignore[type-arg]
         """Per section index: the sorted ``st_value`` of its function entries
-        (array ``Q``), and the symbol index naming each (array ``I``).
+        (array ``Q``), the symbol index naming each (array ``I``), and where
+        each function ends, ``st_value + st_size`` (array ``Q``: of several
+        symbols at one address, the largest extent).
 
         A function entry is where callers enter: a typed (STT_FUNC), sized
         (st_size > 0) symbol defined in a section, on the 4-byte grid.
@@ -520,18 +522,23 @@ class ElfFile:
             if keys is None:
                 keys = found[st_shndx] = []
             keys.append(value << 33 | local << 32 | index)
-        out: dict[int, tuple[array, array]] = {}  # type: ignore[type-arg]
+        out: dict[int, tuple[array, array, array]] = {}  # type: ignore[type-arg]
         for shndx, keys in found.items():
             keys.sort()
-            starts, symbols = array("Q"), array("I")
+            starts, symbols, stops = array("Q"), array("I"), array("Q")
             last = -1
             for key in keys:
                 value = key >> 33
+                index = key & 0xFFFFFFFF
+                end = min(value + words[3 * index + 2], 0xFFFF_FFFF_FFFF_FFFF)
                 if value != last:
                     starts.append(value)
-                    symbols.append(key & 0xFFFFFFFF)
+                    symbols.append(index)
+                    stops.append(end)
                     last = value
-            out[shndx] = (starts, symbols)
+                elif end > stops[-1]:
+                    stops[-1] = end
+            out[shndx] = (starts, symbols, stops)
         return out
 
     # -- relocations -----------------------------------------------------

@@ -151,7 +151,7 @@ def object_records(elf: ElfFile) -> list[RawRecord]:
 class RecordColumns(NamedTuple):
     """The records of one records section relocated the compilers' way: one
     SHT_RELA entry per record, in record order.  The one mapping of such
-    records, for the rewrite's columnar plan (fastpath.py) and for Sites
+    records, for the rewrite's planner (plan.py) and for Sites
     (``object_records``) alike.
 
     ``targets[i]`` is the index of the code section record ``i`` points into

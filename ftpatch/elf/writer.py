@@ -1,8 +1,8 @@
 """The one writer of bytes: apply same-size edits, atomically.
 
 Every caller hands it the one plan contract, edit columns of (file offset,
-old bytes, new bytes) (``model.EditColumn``), from the general plan
-(plan.py) and the columnar one (fastpath.py) alike.  recordmcount's habits:
+old bytes, new bytes) (``model.EditColumn``), from the one planner
+(plan.py).  recordmcount's habits:
 check the exact bytes before patching, write a
 temporary file beside the target, fsync it, rename it over the target, so a
 crash or a full disk leaves either the original or the complete rewrite.

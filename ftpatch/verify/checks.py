@@ -22,6 +22,7 @@ from ftpatch.verify.findings import (
     CHECK_CMODX_PAIR,
     CHECK_CMODX_WORDS,
     CHECK_ENTRY_PATH,
+    CHECK_LITERAL,
     CHECK_MOV,
     CHECK_PREFIX_ALIGN,
     CHECK_RANGE,
@@ -45,6 +46,8 @@ _PROBLEM_CHECKS = {
     Problem.NO_MOV_NOR_NOP: (CHECK_MOV, CHECK_SLOT_WORD),
     Problem.SLOT_NOT_NOP: (CHECK_SLOT_WORD,),
     Problem.PREFIX_UNKNOWN: (CHECK_SCAN,),
+    # Named by entry_path, with the words callers do run.
+    Problem.NOT_AT_ENTRY: (),
     Problem.OTHER: (CHECK_SCAN,),
 }
 
@@ -136,7 +139,9 @@ def prefix_misaligned(
     view: FileView, site: Site, index: int, sec: Section, f: int | None
 ) -> Iterator[Finding]:
     """Under 4,2 the 8-byte ops literal before the function must be 8-byte
-    aligned (Linux CALL_OPS selects FUNCTION_ALIGNMENT_8B)."""
+    aligned (Linux CALL_OPS selects FUNCTION_ALIGNMENT_8B).  Where the
+    classifier named the literal (CALL_OPS), ``ops_literal`` says where a
+    misaligned one lands; here only an object's section that may misplace it."""
     prefix = view.prefix_words
     if site.layout is not None and site.layout.prefix_nops is not None:
         prefix = site.layout.prefix_nops
@@ -144,7 +149,7 @@ def prefix_misaligned(
         return
     literal = f - 8
     where = view.address(sec, literal) if view.linked else literal
-    if where % 8:
+    if where % 8 and site.literal_offset is None:
         yield Finding(
             CHECK_PREFIX_ALIGN,
             view.locate(site, sec, literal),
@@ -153,7 +158,7 @@ def prefix_misaligned(
             "compile with -falign-functions=8)",
             site=index,
         )
-    elif not view.linked and sec.sh_addralign < 8:
+    elif not where % 8 and not view.linked and sec.sh_addralign < 8:
         yield Finding(
             CHECK_PREFIX_ALIGN,
             view.locate(site, sec, literal),
@@ -161,6 +166,46 @@ def prefix_misaligned(
             f"literal before {site.function} may end up misaligned",
             site=index,
         )
+
+
+def ops_literal(view: FileView, site: Site, index: int, sec: Section) -> Iterator[Finding]:
+    """CALL_OPS: the kernel stores the ops pointer at ALIGN_DOWN(slot - 12, 8)
+    whatever lies there (``ftrace_rec_set_ops()``; the literal has no symbol
+    and no check of its own).  Those 8 bytes must be the site's own two
+    prefix NOPs, right before its entry (a BTI C, where there is one, is the
+    entry: it stands between them and the MOV)."""
+    literal, entry = site.literal_offset, site.entry_offset
+    if literal is None or entry is None:
+        return
+    words = [view.word(sec, o) for o in (literal, literal + 4)]
+    if literal + 8 == entry and words == [arm64.NOP, arm64.NOP]:
+        return
+    shown = " ; ".join(arm64.describe(w) if w is not None else "outside the section" for w in words)
+    own = site.function if view.function_offset(site) == entry else None
+    who = own or f"the symbol-less entry at {sec.name}+{entry:#x}"
+    owners = {view.function_at(sec, o) for o in (literal, literal + 4)} - {None, own}
+    overwritten = shown + (f" (code of {', '.join(sorted(map(str, owners)))})" if owners else "")
+    place = view.locate(site, sec, literal).place
+    prefix = view.address(sec, entry - 8)
+    if prefix % 8:
+        yield Finding(
+            CHECK_PREFIX_ALIGN,
+            view.locate(site, sec, entry - 8),
+            f"the 8-byte ops literal before {who} is at {prefix:#x}, not 8-byte aligned "
+            "(the kernel's CALL_OPS needs it; compile with -falign-functions=8): the kernel "
+            f"would store the ops pointer at ALIGN_DOWN(slot - 12, 8) = {place}, over "
+            f"{overwritten}",
+            site=index,
+        )
+        return
+    yield Finding(
+        CHECK_LITERAL,
+        view.locate(site, sec, literal),
+        f"the ops literal of {who} is at {place} (ALIGN_DOWN(slot - 12, 8), where "
+        f"ftrace_rec_set_ops() stores it) and holds {shown}, not the two prefix NOPs "
+        f"before {who}: the kernel would overwrite {overwritten} with an ops pointer",
+        site=index,
+    )
 
 
 def relocation(
@@ -309,7 +354,9 @@ def entry_path(
     patched word (and, with the single-slot scheme, be the slot after a
     MOV): a record naming any other word would have the runtime patch
     code no caller executes (issue 12: a MOV in the CALL_OPS prefix)."""
-    if entry <= patched <= path_slot and (
+    if site.problem is Problem.NOT_AT_ENTRY:
+        patched = site.record.target_offset  # the word the record names, whatever the scheme
+    elif entry <= patched <= path_slot and (
         view.scheme is Scheme.TWO_SLOT
         or site.state is not State.REWRITTEN
         or (patched == path_slot and view.word(sec, path_slot - 4) == arm64.MOV_X9_X30)

@@ -36,6 +36,9 @@ CHECK_RECORD = "record-position"
 CHECK_SLOT_ALIGN = "slot-misaligned"
 CHECK_SLOT_WORD = "slot-not-nop"
 CHECK_PREFIX_ALIGN = "prefix-misaligned"
+# CALL_OPS: the 8 bytes the kernel stores the ops pointer at are not the
+# site's own two prefix NOPs.
+CHECK_LITERAL = "ops-literal"
 CHECK_RELOCATION = "relocation"
 CHECK_CMODX_WORDS = "cmodx-words"  # a transition changes more than one aligned word
 CHECK_CMODX_PAIR = "cmodx-pair"  # a transition outside the permitted set

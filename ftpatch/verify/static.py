@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ftpatch import arm64
 from ftpatch.model import Site, State
 from ftpatch.verify import cases, checks
 from ftpatch.verify.data import Case, Store
@@ -53,21 +52,20 @@ class FileChecker(FileView):
             return SitePlan((finding,), (), None, None, (), ())
         findings: list[Finding] = []
         r = site.record.target_offset
-        f = site.entry_offset  # where callers enter, from the function's symbol
         findings.extend(checks.mov_missing(self, site, index, sec, r))
         findings.extend(checks.classifier_problem(self, site, index, sec, r))
-        if r % 4:
+        # The site's geometry is the classifier's (classify.Verdict): where
+        # callers enter, the MOV, the BL slot and, under CALL_OPS, the ops
+        # literal.  Without a MOV and a slot there is nothing to patch: the
+        # classifier's finding says why.
+        entry, mov, slot = site.entry_offset, site.mov_offset, site.slot_offset
+        if r % 4 or mov is None or slot is None:
             return SitePlan(tuple(findings), (), None, None, (), ())
-        if self.scheme is Scheme.SINGLE_SLOT:
-            patched = r  # the kernel patches the word its record names, unchanged
-            slot = site.slot_offset if site.slot_offset is not None else r
-            mov: int | None = slot - 4
-        else:
-            if site.mov_offset is None or site.slot_offset is None:
-                return SitePlan(tuple(findings), (), None, None, (), ())
-            patched, slot, mov = site.slot_offset, site.slot_offset, site.mov_offset
+        # The single-slot kernel patches the word its record names, unchanged.
+        patched = r if self.scheme is Scheme.SINGLE_SLOT else slot
         findings.extend(checks.slot_misaligned(self, site, index, sec, patched))
-        findings.extend(checks.prefix_misaligned(self, site, index, sec, f))
+        findings.extend(checks.ops_literal(self, site, index, sec))
+        findings.extend(checks.prefix_misaligned(self, site, index, sec, entry))
         findings.extend(checks.relocation(self, site, index, sec, mov, slot))
         findings.extend(checks.branch(self, site, index, sec))
 
@@ -85,17 +83,15 @@ class FileChecker(FileView):
             findings.extend(checks.cmodx_words(self, site, index, sec, t, names))
             findings.extend(checks.cmodx_pair(self, site, index, sec, t, names))
 
-        entry = self.entry(site, sec, mov) if mov is not None else None
         stores = cases.site_stores(self, sec, patched, slot_address, transitions)
         transition_names = tuple(t.name for t in transitions)
         if entry is None or entry < 0 or self.address(sec, entry) % 4:
             # No instruction starts off the 4-byte grid (the slot alignment
             # check reports a section placed there).
             return SitePlan(tuple(findings), (), None, slot_address, stores, transition_names)
-        path_slot = entry + (8 if self.word(sec, entry) in arm64.BTI_LANDING_PADS else 4)
-        findings.extend(checks.entry_path(self, site, index, sec, entry, path_slot, patched, names))
+        findings.extend(checks.entry_path(self, site, index, sec, entry, slot, patched, names))
         start = min(entry, patched, slot)
-        body = max(slot, patched, path_slot) + 4
+        body = max(slot, patched) + 4
         if self.word(sec, body - 4) is None or start < 0:
             return SitePlan(tuple(findings), (), None, slot_address, stores, transition_names)
         site_cases = cases.emulation_cases(

@@ -21,7 +21,6 @@ from ftpatch.verify.relocs import LINKED, RelocationIndex
 # Relocatable objects have no addresses: the emulation places every code
 # section at this base (same page offsets, so alignment is what the file says).
 SYNTHETIC_BASE = 0x4000_0000
-MAX_PREFIX_SCAN = 4  # words looked at before a function symbol
 
 
 def describe_word(word: int, address: int, names: dict[int, str]) -> str:
@@ -46,7 +45,9 @@ class FileView:
         self._code_starts = [s.sh_offset for s in self._code]
         self._relocs: RelocationIndex | None = None
         self._branches: dict[int, list[tuple[Section, int, int]]] | None = None
-        self.prefix_words = self._infer_prefix()
+        # NOP words before each function symbol, as the classifier agreed
+        # them for the whole file (2 under CALL_OPS).
+        self.prefix_words = result.prefix or 0
 
     # -- reading -------------------------------------------------------------
 
@@ -69,6 +70,8 @@ class FileView:
 
     def site_section(self, site: Site) -> Section | None:
         rec = site.record
+        if rec.target_index is not None and 0 <= rec.target_index < len(self.elf.sections):
+            return self.elf.sections[rec.target_index]
         if site.slot_file_offset is not None and site.slot_offset is not None:
             sec = self.section_of(site.slot_file_offset)
             if sec is not None:
@@ -92,55 +95,23 @@ class FileView:
             return Location(self.path, sec.name, offset, site.function, offset - f)
         return Location(self.path, sec.name, offset)
 
-    def _infer_prefix(self) -> int:
-        """NOP words before each function symbol: 2 under -fpatchable-function-entry=4,2.
-
-        A rewritten record no longer says (it points at the slot), so the
-        file's prefix is the least number of NOPs found before any of its
-        entries; pristine sites say it outright.
-        """
-        least: int | None = None
-        for site in self.result.sites:
-            if site.layout is not None and site.layout.prefix_nops is not None:
-                n = site.layout.prefix_nops
-            else:
-                f = site.entry_offset
-                sec = self.site_section(site)
-                if f is None or sec is None or site.state is State.INVALID:
-                    continue
-                n = 0
-                while n < MAX_PREFIX_SCAN and self.word(sec, f - 4 * (n + 1)) == arm64.NOP:
-                    n += 1
-            least = n if least is None else min(least, n)
-            if least == 0:
-                break
-        return least or 0
-
     @property
     def relocs(self) -> RelocationIndex:
         if self._relocs is None:
             self._relocs = RelocationIndex(self.elf, self.linked)
         return self._relocs
 
-    def entry(self, site: Site, sec: Section, mov: int) -> int:
-        """Where callers enter the site whose MOV word is at ``mov``: its
-        function's symbol, or where there is none (a local function stripped
-        of its symbol), the words: the BTI C before the MOV, or the MOV."""
-        if site.entry_offset is not None:
-            return site.entry_offset
-        return mov - 4 if self.word(sec, mov - 4) in arm64.BTI_LANDING_PADS else mov
-
     def _inner_words(self) -> dict[tuple[int, int], int]:
         """(section index, offset) of every entry word past where callers enter
         (the MOV after a BTI C, the BL slot), -> the index of its site."""
         inner: dict[tuple[int, int], int] = {}
         for i, site in enumerate(self.result.sites):
-            if site.slot_offset is None or site.slot_file_offset is None:
+            entry = site.entry_offset
+            if site.slot_offset is None or entry is None or site.state is State.INVALID:
                 continue
             sec = self.site_section(site)
             if sec is None:
                 continue
-            entry = self.entry(site, sec, site.slot_offset - 4)
             for o in range(entry + 4, site.slot_offset + 4, 4):
                 inner[(sec.index, o)] = i
         return inner
@@ -194,6 +165,19 @@ class FileView:
         if self._branches is None:
             self._branches = self._index_branches()
         return self._branches.get(index, [])
+
+    def function_at(self, sec: Section, offset: int) -> str | None:
+        """The function whose code (symbol to ``st_value + st_size``) holds
+        ``offset`` of ``sec``, by name."""
+        entries = self.elf.function_entries.get(sec.index)
+        if entries is None:
+            return None
+        starts, symbols, ends = entries
+        at = offset + (sec.sh_addr if self.linked else 0)
+        i = bisect_right(starts, at) - 1
+        if i >= 0 and at < ends[i]:
+            return self.elf.symbol_name(symbols[i])
+        return None
 
     def describe(self, sec: Section, offset: int, word: int, names: dict[int, str]) -> str:
         return describe_word(word, self.address(sec, offset), names)
