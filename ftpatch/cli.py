@@ -96,7 +96,11 @@ def _main(
 
 FilesArg = Annotated[
     list[Path],
-    typer.Argument(metavar="FILE...", help="ELF files (.o, ld -r output, images)."),
+    typer.Argument(
+        metavar="FILE...",
+        help="ELF files: objects (.o), modules (.ko), ld -r output, linked images; with -r, "
+        "directories of them.",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 JobsOpt = Annotated[
@@ -393,6 +397,9 @@ def rewrite(
         bool,
         typer.Option(
             "--strip-signature",
+            # A panel of its own: its long name would squeeze the metavars
+            # of the other options' table on an 80-column terminal.
+            rich_help_panel="Signed modules",
             help="Signed modules: drop the appended signature and rewrite; the output is "
             "the ELF data alone, to be signed again (scripts/sign-file).  Without it a "
             "signed module that needs rewriting is refused (exit 2) and left as it is.",
