@@ -45,6 +45,8 @@ app = typer.Typer(
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
+_LIVE: Any = None  # the progress bar's rich Console (stderr) while one runs
+
 
 class _Command(TyperCommand):
     """Usage lines as a man page writes them, ``FILE...``: typer braces a
@@ -55,11 +57,15 @@ class _Command(TyperCommand):
 
 
 def _err(message: str) -> None:
-    sys.stderr.write(message.rstrip("\n") + "\n")
+    text = message.rstrip("\n") + "\n"
+    if _LIVE is not None:  # above the progress bar
+        _LIVE.print(text, end="", markup=False, highlight=False, emoji=False, soft_wrap=True)
+    else:
+        sys.stderr.write(text)
 
 
 def _out(message: str) -> None:
-    sys.stdout.write(message + "\n")
+    _write(message + "\n")
 
 
 def _internal(path: str, exc: BaseException) -> str:
@@ -90,7 +96,11 @@ def _main(
 
 FilesArg = Annotated[
     list[Path],
-    typer.Argument(metavar="FILE...", help="ELF files (.o, ld -r output, images)."),
+    typer.Argument(
+        metavar="FILE...",
+        help="ELF files: objects (.o), modules (.ko), ld -r output, linked images; with -r, "
+        "directories of them.",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 JobsOpt = Annotated[
@@ -130,19 +140,34 @@ def _records_mode(value: Records) -> RecordsMode:
 
 
 class _Outcome(NamedTuple):
-    """What one file's command has to say; built in a worker, printed by the parent."""
+    """What one file's command has to say; built in a worker, printed by the
+    parent.  Small on purpose: a worker pickles it back."""
 
+    path: str
     status: int
-    stdout: tuple[str, ...]
-    stderr: tuple[str, ...]
-    doc: dict[str, Any]
-    report: Any = None  # verify: the VerifyReport, for the summary table
+    stdout: tuple[str, ...] = ()
+    stderr: tuple[str, ...] = ()
+    doc: str = ""  # --json: this file's document, serialized where it was made
+    error: str = ""  # the message of an error that stopped this file
+    summary: Any = None  # verify: the file's render.FileSummary
+    notes: tuple[tuple[str, str], ...] = ()  # verify: the file's (check, message) notes
+
+
+RecursiveOpt = Annotated[
+    bool,
+    typer.Option(
+        "-r",
+        "--recursive",
+        help="Walk the directories given for *.o, *.ko (and *.ko.xz, *.ko.gz, *.ko.zst), sorted.",
+    ),
+]
 
 
 @app.command(cls=_Command)
 def scan(
     files: FilesArg,
     records: RecordsOpt = Records.AUTO,
+    recursive: RecursiveOpt = False,
     jobs: JobsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -150,12 +175,15 @@ def scan(
 
     States: pristine (nop; nop), rewritten (mov x9, x30; nop with the record on
     the nop), invalid (with the reason), skipped (a zero record of a linked
-    image).  Exit 2 on a file that cannot be read.
+    image).  Signed modules are read as they are, xz- and gzip-compressed ones
+    (zstd too, with Python 3.14 or backports.zstd) decompressed in memory; the
+    output says so.  Exit 2 on a file that cannot be read.
     """
     work = functools.partial(_scan_one, records=_records_mode(records), json_=json_)
-    paths = [str(f) for f in files]
-    outcomes = _run_many("scan", work, paths, jobs or _default_jobs(), stdout=not json_)
-    _finish(outcomes, json_)
+    walk = _collect(files, recursive, compressed=True)
+    printer = _Printer(json_)
+    status = _run_many("scan", work, walk.paths, jobs or _default_jobs(), printer.emit)
+    _finish(printer, max(status, walk.status))
 
 
 def _scan_one(path: str, records: RecordsMode, json_: bool) -> _Outcome:
@@ -165,10 +193,16 @@ def _scan_one(path: str, records: RecordsMode, json_: bool) -> _Outcome:
     def body() -> _Outcome:
         with scan_file(path, records) as result:
             if json_:
-                return _Outcome(EXIT_OK, (), (), scan_dict(result))
-            return _Outcome(EXIT_OK, tuple(scan_lines(result)), (), {})
+                return _Outcome(path, EXIT_OK, doc=_dumps(scan_dict(result)))
+            return _Outcome(path, EXIT_OK, tuple(scan_lines(result)))
 
     return _guarded(path, body)
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(doc, indent=2)
 
 
 def _guarded(path: str, body: Callable[[], _Outcome], directory: str = "") -> _Outcome:
@@ -176,49 +210,111 @@ def _guarded(path: str, body: Callable[[], _Outcome], directory: str = "") -> _O
     stderr, ``{"path", "error"}`` in --json, the error's exit status."""
     if directory and os.path.isdir(path):
         msg = f"{path}: is a directory{directory}"
-        return _Outcome(EXIT_ERROR, (), (msg,), {"path": path, "error": msg})
+        return _Outcome(path, EXIT_ERROR, stderr=(msg,), error=msg)
     try:
         return body()
     except FtpatchError as exc:
-        return _Outcome(exc.exit_status, (), (str(exc),), {"path": path, "error": str(exc)})
+        return _Outcome(path, exc.exit_status, stderr=(str(exc),), error=str(exc))
     except BrokenPipeError:
         raise
     except Exception as exc:
         msg = _internal(path, exc)
-        return _Outcome(EXIT_ERROR, (), (msg,), {"path": path, "error": msg})
+        return _Outcome(path, EXIT_ERROR, stderr=(msg,), error=msg)
 
 
-def _finish(outcomes: list[_Outcome], json_: bool, **extra: Any) -> None:
-    """Print --json's document (the lines went out as files finished); exit
-    with the worst status of all files."""
-    status = max((o.status for o in outcomes), default=EXIT_OK)
-    if json_:
-        import json
+class _Printer:
+    """Says each file's outcome as it comes (in input order): its messages,
+    its lines, or, with --json, its document as the next element of
+    ``files``, so that no file's output waits for the others'.  The
+    document is byte for byte ``json.dumps({"files": [...], ...}, indent=2)``."""
 
-        doc: dict[str, Any] = {"files": [o.doc for o in outcomes], **extra}
-        if "exit_status" in doc:
-            doc["exit_status"] = status
-        _out(json.dumps(doc, indent=2))
+    def __init__(self, json_: bool) -> None:
+        self.json_ = json_
+        self.count = 0
+
+    def emit(self, outcome: _Outcome) -> None:
+        for line in outcome.stderr:
+            _err(line)
+        if not self.json_:
+            for line in outcome.stdout:
+                _out(line)
+        else:
+            doc = outcome.doc or _dumps({"path": outcome.path, "error": outcome.error})
+            head = '{\n  "files": [\n' if self.count == 0 else ",\n"
+            _write(head + "\n".join("    " + line for line in doc.split("\n")))
+        self.count += 1
+
+    def close(self, **extra: Any) -> None:
+        """End the --json document with ``extra``'s keys after ``files``."""
+        if not self.json_:
+            return
+        tail = "".join(f",\n  {_dumps({k: v})[4:-2]}" for k, v in extra.items())
+        if self.count == 0:
+            _write('{\n  "files": []' + tail + "\n}\n")
+        else:
+            _write("\n  ]" + tail + "\n}\n")
+
+
+def _finish(printer: _Printer, status: int, **extra: Any) -> None:
+    """End --json's document (every file's part went out as it finished);
+    exit with the worst status of all files."""
+    if "exit_status" in extra:
+        extra["exit_status"] = status
+    printer.close(**extra)
     raise typer.Exit(status)
 
 
-def _collect(files: list[Path], recursive: bool) -> list[str]:
-    """Files in command-line order; directories (with -r) walked in sorted order for *.o.
+# What -r walks for: objects and modules; compressed modules (read by scan
+# and verify, refused by rewrite).  Names only choose what a walk takes: what
+# a file holds is decided by its bytes (elf/container.py).
+WALKED = (".o", ".ko")
+WALKED_COMPRESSED = (".ko.xz", ".ko.gz", ".ko.zst")
 
-    Without -r a directory stays in the list: its rewrite fails alone
-    (``_rewrite_one``), as in scan and verify, and the other files go on.
-    Entries of a walk that are not regular files (a FIFO named x.o) are
-    kept too, and refused by the rewrite like one named on the command line.
+
+class _Walk(NamedTuple):
+    paths: list[str]
+    status: int  # EXIT_ERROR when a walk left files aside that it was asked to work on
+
+
+def _collect(files: list[Path], recursive: bool, *, compressed: bool, quiet: bool = False) -> _Walk:
+    """Files in command-line order; directories (with -r) walked in sorted
+    order for ``WALKED`` names, and ``WALKED_COMPRESSED`` ones if ``compressed``.
+
+    Without -r a directory stays in the list: it fails alone (``is a
+    directory``) and the other files go on.  Entries of a walk that are not
+    regular files (a FIFO named x.o) are kept too, and refused like one
+    named on the command line.  A walk that finds nothing says so in one
+    line on stderr (unless ``quiet``) and is no error: a Makefile over a
+    build with no modules goes on.  Compressed modules a rewrite cannot
+    take are said in one line per directory, and make the status 2.
     """
     out: list[str] = []
+    status = EXIT_OK
     for file in files:
-        if recursive and file.is_dir():
-            for root, dirs, names in os.walk(file):
-                dirs.sort()
-                out.extend(os.path.join(root, n) for n in sorted(names) if n.endswith(".o"))
-        else:
+        if not (recursive and file.is_dir()):
             out.append(str(file))
-    return out
+            continue
+        found: list[str] = []
+        left = 0
+        for root, dirs, names in os.walk(file):
+            dirs.sort()
+            for name in sorted(names):
+                if name.endswith(WALKED) or (compressed and name.endswith(WALKED_COMPRESSED)):
+                    found.append(os.path.join(root, name))
+                elif name.endswith(WALKED_COMPRESSED):
+                    left += 1
+        out.extend(found)
+        if left:
+            status = EXIT_ERROR
+            _err(
+                f"{file}: {left} compressed module{'s' if left != 1 else ''} (*.ko.xz, *.ko.gz, "
+                "*.ko.zst) under it not rewritten: rewrite refuses compressed input; rewrite "
+                "before modules_install compresses them, or decompress, rewrite and compress again"
+            )
+        elif not found and not quiet:
+            kinds = "*.o, *.ko or compressed *.ko" if compressed else "*.o or *.ko"
+            _err(f"{file}: no {kinds} files under it, nothing to do")
+    return _Walk(out, status)
 
 
 def _rewrite_one(
@@ -229,12 +325,19 @@ def _rewrite_one(
     quiet: bool,
     records: RecordsMode,
     detail: bool = False,
+    strip_signature: bool = False,
 ) -> _Outcome:
     from ftpatch.rewrite import rewrite_file
 
     def body() -> _Outcome:
         result = rewrite_file(
-            path, output, check=check, dry_run=dry_run, records_mode=records, detail=detail
+            path,
+            output,
+            check=check,
+            dry_run=dry_run,
+            records_mode=records,
+            detail=detail,
+            strip_signature=strip_signature,
         )
         return _rewrite_outcome(result, check, dry_run, quiet, detail)
 
@@ -248,16 +351,17 @@ def _rewrite_outcome(
     from ftpatch.report import plan_lines, rewrite_dict, rewrite_line
     from ftpatch.scan import zero_records_note
 
-    status = EXIT_FINDINGS if check and result.changes else EXIT_OK
+    changes = result.changes or result.strips
+    status = EXIT_FINDINGS if check and changes else EXIT_OK
     lines: list[str] = []
-    if not quiet or (check and result.changes):
+    if not quiet or (check and changes):
         lines.append(rewrite_line(result, check=check, dry_run=dry_run))
     if dry_run:
         lines.extend(plan_lines(result))
     zero = result.skipped  # zero records: linked images only
     warnings = (f"{result.path}: note: {zero_records_note(zero)}",) if zero else ()
-    doc = rewrite_dict(result) if detail else {}
-    return _Outcome(status, tuple(lines), warnings, doc)
+    doc = _dumps(rewrite_dict(result)) if detail else ""
+    return _Outcome(result.path, status, tuple(lines), warnings, doc)
 
 
 def _default_jobs() -> int:
@@ -281,7 +385,25 @@ def rewrite(
         bool, typer.Option("--dry-run", help="Change nothing; print the planned edits.")
     ] = False,
     recursive: Annotated[
-        bool, typer.Option("-r", "--recursive", help="Rewrite the *.o files under directories.")
+        bool,
+        typer.Option(
+            "-r",
+            "--recursive",
+            help="Rewrite the *.o and *.ko files under directories (sorted); compressed "
+            "modules there are counted and refused.",
+        ),
+    ] = False,
+    strip_signature: Annotated[
+        bool,
+        typer.Option(
+            "--strip-signature",
+            # A panel of its own: its long name would squeeze the metavars
+            # of the other options' table on an 80-column terminal.
+            rich_help_panel="Signed modules",
+            help="Signed modules: drop the appended signature and rewrite; the output is "
+            "the ELF data alone, to be signed again (scripts/sign-file).  Without it a "
+            "signed module that needs rewriting is refused (exit 2) and left as it is.",
+        ),
     ] = False,
     jobs: JobsOpt = None,
     records: RecordsOpt = Records.AUTO,
@@ -295,10 +417,12 @@ def rewrite(
     in the same directory, fsync, rename; mode kept; a symlink's target is
     rewritten).  Already rewritten sites are left alone, so a second run changes
     nothing.  Any invalid site stops that file with exit 2 and leaves it
-    byte-identical; other files go on.
+    byte-identical; other files go on.  Compressed input is refused (exit 2):
+    rewrite before compressing.
     """
     mode = _records_mode(records)
-    paths = _collect(files, recursive)
+    walk = _collect(files, recursive, compressed=False, quiet=quiet)
+    paths = walk.paths
     if output is not None and len(paths) != 1:
         _err("ftpatch rewrite: -o/--output takes exactly one input file")
         raise typer.Exit(EXIT_ERROR)
@@ -311,47 +435,42 @@ def rewrite(
         quiet=quiet,
         records=mode,
         detail=json_ or dry_run,
+        strip_signature=strip_signature,
     )
-    outcomes = _run_many("rewrite", work, paths, jobs or _default_jobs(), stdout=not json_)
-    _finish(outcomes, json_)
+    printer = _Printer(json_)
+    status = _run_many("rewrite", work, paths, jobs or _default_jobs(), printer.emit)
+    _finish(printer, max(status, walk.status))
 
 
-def _emit(outcome: _Outcome, stdout: bool) -> None:
-    for line in outcome.stderr:
-        _err(line)
-    if stdout:
-        for line in outcome.stdout:
-            _out(line)
+def _write(text: str) -> None:
+    """``text`` to stdout; above the progress bar when both go to the terminal."""
+    if _LIVE is not None and sys.stdout.isatty():
+        _LIVE.print(text, end="", markup=False, highlight=False, emoji=False, soft_wrap=True)
+    else:
+        sys.stdout.write(text)
 
 
 def _run_many(
-    command: str, work: Callable[[str], _Outcome], paths: list[str], jobs: int, *, stdout: bool
-) -> list[_Outcome]:
-    """Run ``work`` on every path, ``jobs`` at a time; print in input order.
+    command: str,
+    work: Callable[[str], _Outcome],
+    paths: list[str],
+    jobs: int,
+    emit: Callable[[_Outcome], None],
+) -> int:
+    """Run ``work`` on every path, ``jobs`` at a time; ``emit`` each outcome
+    in input order as soon as it and those before it are done; return the
+    worst status.
 
-    The one per-file driver of scan, rewrite and verify.  Messages (stderr)
-    are always printed; the stdout lines only with ``stdout`` (--json prints
-    its document instead).  On an interactive terminal a progress bar (stderr) runs while files are
-    processed and the lines follow; otherwise lines stream as files finish,
-    still in input order, so logs are deterministic.
+    The one per-file driver of scan, rewrite and verify.  Nothing is kept
+    once emitted, so memory does not grow with the number of files.  On an
+    interactive terminal a progress bar (stderr) runs below the lines.
     """
+    global _LIVE
     jobs = max(1, min(jobs, len(paths)))
-    interactive = len(paths) > 1 and sys.stderr.isatty()
-    results: list[_Outcome | None] = [None] * len(paths)
-    printed = 0
-
-    def flush() -> None:
-        nonlocal printed
-        while printed < len(paths) and results[printed] is not None:
-            outcome = results[printed]
-            assert outcome is not None
-            if not interactive:
-                _emit(outcome, stdout)
-            printed += 1
-
+    status = EXIT_OK
     progress = None
     task = None
-    if interactive:
+    if len(paths) > 1 and sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -362,38 +481,39 @@ def _run_many(
             TextColumn("{task.fields[f]}"),
             console=Console(stderr=True),
             transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
         progress.start()
         task = progress.add_task(command, total=len(paths), f="")
+        _LIVE = progress.console
     try:
         if jobs == 1:
-            for i, path in enumerate(paths):
-                results[i] = work(path)
-                if progress is not None and task is not None:
-                    progress.update(task, advance=1, f=path)
-                flush()
+            outcomes: Any = map(work, paths)
         else:
             import concurrent.futures
             import multiprocessing
 
             ctx = multiprocessing.get_context("fork")
+            pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx)
             # Chunks of files per task: one round trip per file costs as much
             # as rewriting a small object.  map() yields in input order.
             chunk = max(1, min(32, len(paths) // (jobs * 8)))
-            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-                for i, outcome in enumerate(pool.map(work, paths, chunksize=chunk)):
-                    results[i] = outcome
-                    if progress is not None and task is not None:
-                        progress.update(task, advance=1, f=paths[i])
-                    flush()
+            outcomes = pool.map(work, paths, chunksize=chunk)
+        try:
+            for outcome in outcomes:
+                if progress is not None and task is not None:
+                    progress.update(task, advance=1, f=outcome.path)
+                emit(outcome)
+                status = max(status, outcome.status)
+        finally:
+            if jobs > 1:
+                pool.shutdown(cancel_futures=True)
     finally:
+        _LIVE = None
         if progress is not None:
             progress.stop()
-    done = [r for r in results if r is not None]
-    if interactive:
-        for outcome in done:
-            _emit(outcome, stdout)
-    return done
+    return status
 
 
 class SchemeChoice(enum.StrEnum):
@@ -433,6 +553,16 @@ def verify(
             help="Emulate every site, or N spread evenly (static checks cover all).",
         ),
     ] = "all",
+    recursive: RecursiveOpt = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "-v",
+            "--verbose",
+            help="Several files: a summary row for every file (default: only failing "
+            "ones) and each file's notes (default: each note once, with its count of files).",
+        ),
+    ] = False,
     jobs: JobsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -442,8 +572,8 @@ def verify(
     alignment, relocations, one aligned word per runtime change within the
     ARM DDI 0487 CMODX permitted set, BL range) and an emulation with
     unicorn of every old/new fetch interleaving of enable, disable and
-    retarget.  Exit 0 when every check holds, 1 when a site fails, 2 on
-    bad input.
+    retarget.  Signed and compressed modules are read as scan reads them.
+    Exit 0 when every check holds, 1 when a site fails, 2 on bad input.
     """
     import time
 
@@ -453,8 +583,11 @@ def verify(
             _err(f"ftpatch verify: --sites must be 'all' or a number, not {sites!r}")
             raise typer.Exit(EXIT_ERROR)
         limit = int(sites)
-    paths = [str(f) for f in files]
-    jobs = max(1, min(jobs or _default_jobs(), len(paths)))
+    from ftpatch.verify.render import Tally, summary_line, summary_table
+
+    walk = _collect(files, recursive, compressed=True)
+    paths = walk.paths
+    jobs = max(1, min(jobs or _default_jobs(), len(paths) or 1))
     bar = _SiteProgress(enabled=not json_ and jobs == 1 and len(paths) == 1)
     work = functools.partial(
         _verify_one,
@@ -463,27 +596,45 @@ def verify(
         limit=limit,
         json_=json_,
         progress=bar.update if bar.enabled else None,
+        notes_apart=not verbose,
     )
+    if jobs > 1:
+        # The workers fork from here: load the verifier and unicorn once,
+        # not once in each worker.
+        import unicorn  # noqa: F401
+
+        import ftpatch.verify.core  # noqa: F401
+    printer = _Printer(json_)
+    tally = Tally(every_row=verbose)
+
+    def emit(outcome: _Outcome) -> None:
+        printer.emit(outcome)
+        if outcome.summary is not None:
+            tally.add(outcome.summary, outcome.notes)
+        elif outcome.status == EXIT_ERROR:
+            tally.unreadable += 1
+
     started = time.perf_counter()
     try:
-        outcomes = _run_many("verify", work, paths, jobs, stdout=not json_)
+        status = _run_many("verify", work, paths, jobs, emit)
     finally:
         bar.stop()
     elapsed = time.perf_counter() - started
-    reports = [o.report for o in outcomes if o.report is not None]
     if not json_:
-        from ftpatch.verify.render import summary_line, summary_table
-        from ftpatch.verify.render import totals as totals_line
+        for line in tally.note_lines():
+            _out(line)
+        if len(paths) == 1:
+            if tally.last is not None:  # (else the file's error was said)
+                _out(summary_line(tally.last))
+        elif paths:
+            if tally.rows:
+                from rich.console import Console
 
-        if len(reports) == 1:
-            _out(summary_line(reports[0]))
-        elif reports:
-            from rich.console import Console
-
-            console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-            console.print(summary_table(reports))
-            _out(totals_line(reports, elapsed))
-    _finish(outcomes, json_, exit_status=EXIT_OK)
+                console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+                title = "ftpatch verify" if verbose else "ftpatch verify: failing files"
+                console.print(summary_table(tally.rows, title))
+            _out(tally.line(elapsed))
+    _finish(printer, max(status, walk.status), exit_status=EXIT_OK)
 
 
 _ENGINE: Any = None  # one emulator per process, for every file it verifies
@@ -496,10 +647,14 @@ def _verify_one(
     limit: int | None,
     json_: bool,
     progress: Callable[[int, int], None] | None,
+    notes_apart: bool = True,
 ) -> _Outcome:
+    """Verify one file and keep only what is said of it: its error lines
+    (or --json document), its summary and its notes (``notes_apart``: for
+    the run to say once, with their count; else as lines of this file)."""
     from ftpatch.verify import Scheme, verify_file
     from ftpatch.verify.emulate import Engine
-    from ftpatch.verify.render import finding_lines, report_dict
+    from ftpatch.verify.render import error_lines, file_notes, file_summary, report_dict
 
     def body() -> _Outcome:
         global _ENGINE
@@ -513,11 +668,16 @@ def _verify_one(
             engine=_ENGINE,
             progress=progress,
         )
-        # The report itself goes back too (from a worker: pickled), for the
-        # summary table.
+        summary = file_summary(report)
+        notes = file_notes(report)
         if json_:
-            return _Outcome(report.exit_status, (), (), report_dict(report), report)
-        return _Outcome(report.exit_status, tuple(finding_lines(report)), (), {}, report)
+            doc = _dumps(report_dict(report))
+            return _Outcome(path, report.exit_status, doc=doc, summary=summary)
+        lines = error_lines(report)
+        if not notes_apart:
+            lines.extend(f"{path}: note: [{c}] {m}" for c, m in notes)
+            notes = ()
+        return _Outcome(path, report.exit_status, tuple(lines), summary=summary, notes=notes)
 
     return _guarded(path, body)
 

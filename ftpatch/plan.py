@@ -327,7 +327,9 @@ def _from_raw(elf: ElfFile, raw: list[RawRecord]) -> _Records:
             last_section = r.section
         value_offsets.append(r.value_file_offset)
         values.append(r.value & _U64)
-        offsets.append(r.target_offset)
+        # A record mapped nowhere is refused by its problem, never by its
+        # offset, which may not fit a signed 64-bit slot (S + A past 2^63).
+        offsets.append(r.target_offset if r.problem is None and r.target is not None else 0)
         if r.mirror_file_offset is not None:
             mirrors[i] = r.mirror_file_offset
         sec = r.target

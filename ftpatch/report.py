@@ -7,8 +7,19 @@ from typing import TYPE_CHECKING, Any
 from ftpatch.model import Edit, Site
 
 if TYPE_CHECKING:  # the rewrite's messages load this module: no scan machinery
+    from ftpatch.elf.container import Compression
     from ftpatch.rewrite import RewriteResult
     from ftpatch.scan import ScanResult
+
+
+def wrapping(signed: bool, compression: Compression | None) -> str:
+    """What wraps a file's ELF data, in words ("" for a plain ELF file)."""
+    parts = []
+    if compression is not None:
+        parts.append(f"{compression.value}-compressed")
+    if signed:
+        parts.append("signed (appended module signature)")
+    return ", ".join(parts)
 
 
 def site_dict(site: Site) -> dict[str, Any]:
@@ -39,10 +50,13 @@ def site_dict(site: Site) -> dict[str, Any]:
 
 
 def scan_dict(result: ScanResult) -> dict[str, Any]:
+    elf = result.elf
     return {
         "path": result.path,
         "kind": result.kind,
-        "endian": "big" if result.elf.big_endian else "little",
+        "signed": elf.signature is not None,
+        "compression": None if elf.compression is None else elf.compression.value,
+        "endian": "big" if elf.big_endian else "little",
         "prefix_nops": result.prefix,
         "counts": result.counts(),
         "sites": [site_dict(s) for s in result.sites],
@@ -55,11 +69,13 @@ def _summary(counts: dict[str, int]) -> str:
 
 def scan_lines(result: ScanResult) -> list[str]:
     sites = result.sites
+    wrapped = wrapping(result.elf.signature is not None, result.elf.compression)
+    head = f"{result.path}: {wrapped}:" if wrapped else f"{result.path}:"
     if not sites:
-        return [f"{result.path}: no patchable function entries"]
+        return [f"{head} no patchable function entries"]
     sections = len({s.record.section_index for s in sites})
     lines = [
-        f"{result.path}: {len(sites)} records in {sections} section"
+        f"{head} {len(sites)} records in {sections} section"
         f"{'s' if sections != 1 else ''} ({_summary(result.counts())})"
     ]
     rows = []
@@ -104,6 +120,8 @@ def rewrite_dict(result: RewriteResult) -> dict[str, Any]:
         "pristine": result.pristine,
         "already_rewritten": result.rewritten,
         "edits": [edit_dict(e) for e in result.plan.edits],
+        "signed": result.signed,
+        "signature_dropped": result.strips,
         "written": result.written,
     }
 
@@ -111,14 +129,25 @@ def rewrite_dict(result: RewriteResult) -> dict[str, Any]:
 def rewrite_line(result: RewriteResult, *, check: bool = False, dry_run: bool = False) -> str:
     path = result.path
     n = result.sites
-    if n == 0:
-        return f"{path}: no patchable function entries, nothing to do"
-    if result.pristine == 0:
-        return f"{path}: all {n} sites already rewritten, nothing to do"
-    if check or dry_run:
-        return f"{path}: would rewrite {result.pristine} of {n} sites"
-    target = "" if result.output == result.path else f" -> {result.output}"
-    return f"{path}: rewrote {result.pristine} of {n} sites{target}"
+    would = check or dry_run
+    target = "" if would or result.output == result.path else f" -> {result.output}"
+    if n == 0 or result.pristine == 0:
+        what = "no patchable function entries" if n == 0 else f"all {n} sites already rewritten"
+        if result.strips:
+            dropped = "would drop" if would else "dropped"
+            return f"{path}: {what}; {dropped} the module signature{target}"
+        if result.signed:
+            return f"{path}: {what}, nothing to do (signed module: its signature still holds)"
+        return f"{path}: {what}, nothing to do"
+    if would:
+        tail = ""
+        if result.strips:
+            tail = ", dropping the module signature"
+        elif result.signed:
+            tail = " (signed module: rewrite refuses it without --strip-signature)"
+        return f"{path}: would rewrite {result.pristine} of {n} sites{tail}"
+    tail = ", dropped the module signature" if result.strips else ""
+    return f"{path}: rewrote {result.pristine} of {n} sites{tail}{target}"
 
 
 def plan_lines(result: RewriteResult) -> list[str]:

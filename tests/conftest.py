@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -104,3 +105,111 @@ def copy_fixture(tmp_path: Path):  # type: ignore[no-untyped-def]
         return dest
 
     return copy
+
+
+# -- modules as distributions install them: signed, compressed ---------------
+
+MODULE_SIG_STRING = b"~Module signature appended~\n"
+
+MODULE_SOURCE = """\
+int twice(int x) { return 2 * x; }
+static int helper(int x) { return x ^ 5; }
+int add3(int x) { return helper(x) + 3; }
+"""
+
+
+def build_module(dest: Path, flags: tuple[str, ...] = ("-fpatchable-function-entry=2",)) -> Path:
+    """A module as its final link makes it: aarch64-linux-gnu-gcc -O2, then
+    ``ld -r`` (Kbuild's modpost/modfinal link is an ``ld -r`` too)."""
+    require("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-ld")
+    src = dest.with_suffix(".c")
+    src.write_text(MODULE_SOURCE)
+    obj = dest.with_suffix(".tmp.o")
+    subprocess.run(["aarch64-linux-gnu-gcc", "-c", "-O2", *flags, "-o", obj, src], check=True)
+    subprocess.run(["aarch64-linux-gnu-ld", "-r", "-o", dest, obj], check=True)
+    obj.unlink()
+    src.unlink()
+    return dest
+
+
+def signing_key(directory: Path) -> tuple[Path, Path]:
+    """A throwaway RSA key and its self-signed certificate (openssl req)."""
+    require("openssl")
+    key, cert = directory / "signing_key.pem", directory / "signing_key.x509.pem"
+    if not key.exists():
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-new",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=ftpatch throwaway test key",
+                "-keyout",
+                key,
+                "-out",
+                cert,
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return key, cert
+
+
+def sign_module(module: Path, key: Path, cert: Path) -> None:
+    """Sign ``module`` in place exactly as the kernel's scripts/sign-file does
+    (``sign-file sha256 KEY CERT MODULE``): a detached CMS SignedData over
+    the file, DER, no certificates, no signed attributes, no S/MIME
+    capabilities (CMS_NOCERTS | CMS_BINARY | CMS_NOSMIMECAP | CMS_NOATTR),
+    then ``struct module_signature`` (id_type PKEY_ID_PKCS7, sig_len
+    big-endian) and the magic.  Checked byte for byte against sign-file
+    built from Linux 6.12's scripts/sign-file.c (RSA PKCS#1 v1.5 signing is
+    deterministic)."""
+    sig = module.with_suffix(".p7s")
+    subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-sign",
+            "-binary",
+            "-noattr",
+            "-nocerts",
+            "-nosmimecap",
+            "-md",
+            "sha256",
+            "-outform",
+            "DER",
+            "-in",
+            module,
+            "-signer",
+            cert,
+            "-inkey",
+            key,
+            "-out",
+            sig,
+        ],
+        check=True,
+    )
+    pkcs7 = sig.read_bytes()
+    sig.unlink()
+    info = struct.pack(">BBBBB3sI", 0, 0, 2, 0, 0, b"\0\0\0", len(pkcs7))
+    with module.open("ab") as f:
+        f.write(pkcs7 + info + MODULE_SIG_STRING)
+
+
+def compress(path: Path, tool: str) -> Path:
+    """``path`` compressed as Kbuild's modules_install does (Makefile.modinst):
+    ``xz --check=crc32 --lzma2=dict=1MiB``, ``gzip -n``, ``zstd``; the input kept."""
+    require(tool)
+    argv = {
+        "xz": ["xz", "--check=crc32", "--lzma2=dict=1MiB", "-k", "-f"],
+        "gzip": ["gzip", "-n", "-k", "-f"],
+        "zstd": ["zstd", "-q", "-k", "-f"],
+    }[tool]
+    subprocess.run([*argv, path], check=True)
+    return path.with_name(path.name + {"xz": ".xz", "gzip": ".gz", "zstd": ".zst"}[tool])

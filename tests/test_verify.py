@@ -20,7 +20,13 @@ from elftools.elf.elffile import ELFFile
 
 from ftpatch.verify import Scheme, VerifyReport, verify_file
 from ftpatch.verify.emulate import GARBAGE_X9, Engine
-from ftpatch.verify.render import finding_lines, report_dict, summary_line, trace_lines
+from ftpatch.verify.render import (
+    file_summary,
+    finding_lines,
+    report_dict,
+    summary_line,
+    trace_lines,
+)
 
 NOP = 0xD503201F  # nop
 MOV_X9_X30 = 0xAA1E03E9  # mov x9, x30
@@ -344,7 +350,7 @@ def test_json_has_every_finding_and_the_trace() -> None:
     assert doc["cmodx"]["permitted"] == ["B", "BL", "BRK", "HVC", "NOP", "SMC", "SVC"]
     traced = [f for f in doc["findings"] if "counterexample" in f]
     assert traced and traced[0]["counterexample"]["steps"]
-    assert "FAIL" in summary_line(report)
+    assert "FAIL" in summary_line(file_summary(report))
 
 
 def test_bad_site_fixture_fails_without_crashing() -> None:

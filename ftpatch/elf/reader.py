@@ -22,6 +22,14 @@ from functools import cached_property
 from itertools import compress
 from typing import NamedTuple
 
+from ftpatch.elf.container import (
+    HEAD_SIZE,
+    Compression,
+    Signature,
+    appended_signature,
+    compression_of,
+    decompress,
+)
 from ftpatch.errors import MalformedElfError, NotElfError
 from ftpatch.model import Location
 
@@ -127,16 +135,33 @@ class Rela(NamedTuple):
 
 
 class ElfFile:
-    """Read-only view over the bytes of one ELF64 AArch64 file."""
+    """Read-only view over the bytes of one ELF64 AArch64 file.
 
-    def __init__(self, path: str, data: bytes | mmap.mmap, fd: int | None = None) -> None:
+    ``signature``: the module signature appended after the ELF data, which
+    then ends at ``signature.elf_size`` (``size``): nothing past it is read.
+    ``compression``: what the file on disk was compressed with (``data`` is
+    then the decompressed bytes, and ``fd`` None).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        data: bytes | mmap.mmap,
+        fd: int | None = None,
+        *,
+        signature: Signature | None = None,
+        compression: Compression | None = None,
+    ) -> None:
         self.path = path
         self.data = data
         # The file itself, when open: ``read_array`` reads the large tables
         # with pread, so their pages are copied once and never stay mapped
         # (a mapped page counts in the peak RSS as much as the copy does).
         self.fd = fd
-        self.size = len(data)
+        self.signature = signature
+        self.compression = compression
+        # Every range is checked against ``size``: a signature is not ELF data.
+        self.size = len(data) if signature is None else signature.elf_size
         if self.size < 16 or bytes(data[:4]) != ELFMAG:
             raise NotElfError(Location(path), "not an ELF file")
         ei_class, ei_data = data[4], data[5]
@@ -600,13 +625,19 @@ def open_regular(path: str, name: str | None = None) -> int:
     return fd
 
 
-def open_elf(path: str, name: str | None = None) -> ElfFile:
+def open_elf(path: str, name: str | None = None, *, compressed: bool = True) -> ElfFile:
     """Map ``path`` read-only and parse it.  The caller closes it (``close``).
 
     ``name`` is how messages name the file (default ``path``): the path as the
-    user typed it when ``path`` is a symlink's resolved target.
+    user typed it when ``path`` is a symlink's resolved target.  A compressed
+    file (elf/container.py) is decompressed into memory, unless
+    ``compressed`` is false: then it is refused before any of it is
+    decompressed (the rewrite says why first, under its lock).  An appended
+    module signature is found and left out of the ELF data
+    (``ElfFile.signature``).
     """
     shown = path if name is None else name
+    where = Location(shown)
     fd = open_regular(path, shown)
     try:
         size = os.fstat(fd).st_size
@@ -617,20 +648,38 @@ def open_elf(path: str, name: str | None = None) -> ElfFile:
             data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
         os.close(fd)
-        raise NotElfError(Location(shown), f"cannot read: {exc}") from None
+        raise NotElfError(where, f"cannot read: {exc}") from None
     try:
-        return ElfFile(shown, data, fd)
+        kind = compression_of(bytes(data[:HEAD_SIZE]))
+        if kind is not None:
+            if not compressed:
+                raise NotElfError(where, f"{kind.value}-compressed, not ELF data")
+            raw = data
+            data = decompress(raw, kind, where)
+            if isinstance(raw, mmap.mmap):
+                raw.close()
+            os.close(fd)
+            fd = -1
+        signature = appended_signature(data, len(data), where)
+        return ElfFile(
+            shown,
+            data,
+            fd if fd >= 0 else None,
+            signature=signature,
+            compression=kind,
+        )
     except BaseException:
         if isinstance(data, mmap.mmap):
             data.close()
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         raise
 
 
 @contextlib.contextmanager
-def mapped_elf(path: str, name: str | None = None) -> Iterator[ElfFile]:
+def mapped_elf(path: str, name: str | None = None, *, compressed: bool = True) -> Iterator[ElfFile]:
     """``open_elf`` for one block: the map is closed on the way out."""
-    elf = open_elf(path, name)
+    elf = open_elf(path, name, compressed=compressed)
     try:
         yield elf
     finally:

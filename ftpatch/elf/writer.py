@@ -165,9 +165,7 @@ def _regions(columns: Sequence[EditColumn], file_size: int, where: Location) -> 
             # one region, every edit checked against every other.
             last = merged.pop()
             start, end, parts = last[0], max(last[1], end), last[2] + parts
-            spans = sorted(
-                (o, o + c.width) for c, lo, hi in parts for o in c.file_offsets[lo:hi]
-            )
+            spans = sorted((o, o + c.width) for c, lo, hi in parts for o in c.file_offsets[lo:hi])
             for (_, a_end), (b, _) in pairwise(spans):
                 if b < a_end:
                     raise WriteError(where, f"edit at file offset {b:#x} overlaps another")
@@ -279,8 +277,12 @@ def write_edits(
     source_name: str | None = None,
     dest_name: str | None = None,
     locate: Callable[[int], Location] | None = None,
+    size: int | None = None,
 ) -> None:
     """Write ``source`` to ``dest`` (may equal ``source``) with ``columns`` applied.
+
+    ``size``: write only the first ``size`` bytes of ``source`` (a module's
+    ELF data without its appended signature); default the whole file.
 
     The one writer, and its one contract: every edit is (file offset, old
     bytes, new bytes), and the old bytes are checked against ``source`` before
@@ -310,7 +312,8 @@ def write_edits(
     tmp_path: str | None = None
     try:
         st = os.fstat(src_fd)
-        regions = _regions(columns, st.st_size, source_loc)
+        length = st.st_size if size is None else min(size, st.st_size)
+        regions = _regions(columns, length, source_loc)
         mode = stat.S_IMODE(st.st_mode)
         owner = st.st_uid, st.st_gid
         if dest != source and os.path.exists(dest):
@@ -318,7 +321,7 @@ def write_edits(
             mode, owner = stat.S_IMODE(dest_st.st_mode), (dest_st.st_uid, dest_st.st_gid)
         tmp_fd, tmp_path = _create_temp(dest, dest == source)
         try:
-            _copy(src_fd, tmp_fd, st.st_size)
+            _copy(src_fd, tmp_fd, length)
             for start, end, parts in regions:
                 buf = bytearray(end - start)
                 if os.preadv(src_fd, [buf], start) != len(buf):

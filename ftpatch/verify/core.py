@@ -238,6 +238,8 @@ def verify_file(
             time.perf_counter() - started,
             checker.prefix_words,
             not linked,
+            result.elf.signature is not None,
+            result.elf.compression,
         )
 
 

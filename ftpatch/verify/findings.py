@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ftpatch.elf.container import Compression
 from ftpatch.model import Location, Site
 from ftpatch.verify.data import Counterexample, Emulation, Store
 
@@ -125,6 +126,8 @@ class VerifyReport:
     seconds: float = 0.0
     prefix_words: int = 0  # NOPs before each function symbol (2 for 4,2)
     synthetic_addresses: bool = True  # relocatable: addresses are section offsets + a base
+    signed: bool = False  # the file ends in an appended module signature (not verified)
+    compression: Compression | None = None  # the file on disk is compressed
 
     @property
     def all_findings(self) -> tuple[Finding, ...]:

@@ -13,11 +13,12 @@ record are read back from the RELA entry when a finding needs them.
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
-from ftpatch.elf.reader import RELA_SIZE, SHT_RELA, ElfFile, Section
+from ftpatch.elf.reader import RELA_SIZE, SHN_XINDEX, SHT_RELA, ElfFile, Section
 from ftpatch.elf.records import RECORDS_SECTION
 
 LINKED = -1  # the one bucket of a linked image: its dynamic relocations, by address
@@ -80,37 +81,72 @@ class RelocationIndex:
         applied: dict[int, _Column] = {}
         targets: dict[int, _Column] = {}
         sections = elf.sections
+        # Per symbol: its code section's index (0 when it is not defined in
+        # code) and st_value, read once from the symbol table's columns, so
+        # that each RELA entry costs a few list lookups, not a decoded
+        # Symbol (a module has tens of thousands of entries; a distribution,
+        # thousands of modules).
+        code_shndx, values = self._code_symbols(elf) if relas and not linked else ([], [])
+        count = len(code_shndx)
+        swap = elf.big_endian != (sys.byteorder == "big")
         for rela in relas:
+            words = elf.read_array("Q", rela.sh_offset, rela.sh_size // RELA_SIZE * RELA_SIZE)
+            if swap:
+                words.byteswap()
+            r_offsets = words[0::3]
+            entries = array("Q", range(rela.sh_offset, rela.sh_offset + len(r_offsets) * 24, 24))
             applies_to = sections[rela.sh_info] if 0 < rela.sh_info < len(sections) else None
-            for r in elf.iter_rela(rela):
-                if linked:
-                    # Dynamic relocations: r_offset is an address.
-                    column = applied.get(LINKED)
-                    if column is None:
-                        column = applied[LINKED] = _Column(signed=False)
-                    column.add(r.r_offset, r.file_offset)
+            if linked:
+                # Dynamic relocations: r_offset is an address.
+                bucket: int | None = LINKED
+            else:
+                bucket = applies_to.index if applies_to is not None and applies_to.is_code else None
+            if bucket is not None:
+                column = applied.get(bucket)
+                if column is None:
+                    column = applied[bucket] = _Column(signed=False)
+                column.keys.extend(r_offsets)
+                column.entries.extend(entries)
+            if linked:
+                continue
+            addends = array("q", words[2::3].tobytes())
+            for r_info, r_addend, entry in zip(words[1::3], addends, entries, strict=True):
+                r_sym = r_info >> 32
+                if not 0 < r_sym < count:
                     continue
-                if applies_to is not None and applies_to.is_code:
-                    column = applied.get(applies_to.index)
-                    if column is None:
-                        column = applied[applies_to.index] = _Column(signed=False)
-                    column.add(r.r_offset, r.file_offset)
-                if not 0 < r.r_sym < elf.symbol_count:
+                shndx = code_shndx[r_sym]
+                if shndx < 0:  # SHN_XINDEX: resolved when used, as a bad table is an error
+                    shndx = elf.symbol_shndx(r_sym)
+                    if not 0 < shndx < len(sections) or not sections[shndx].is_code:
+                        continue
+                elif not shndx:
                     continue
-                shndx = elf.symbol_shndx(r.r_sym)
-                if not 0 < shndx < len(sections) or not sections[shndx].is_code:
-                    continue
-                target = elf.symbol_value(r.r_sym) + r.r_addend
+                target = values[r_sym] + r_addend
                 if not -_Q_LIMIT <= target < _Q_LIMIT:
                     continue  # no code offset is that far: nothing can ask for it
                 column = targets.get(shndx)
                 if column is None:
                     column = targets[shndx] = _Column(signed=True)
-                column.add(target, r.file_offset)
+                column.add(target, entry)
         for column in (*applied.values(), *targets.values()):
             column.sort()
         self._applied = applied
         self._targets = targets
+
+    @staticmethod
+    def _code_symbols(elf: ElfFile) -> tuple[list[int], list[int]]:
+        """Per symbol index: the index of the code section defining it (0 if
+        none: undefined, absolute, data; -1 for SHN_XINDEX, left to the
+        caller) and its st_value."""
+        words = elf.symbol_words
+        _name_shift, _info_shift, shndx_shift = elf.symbol_shifts
+        sections = elf.sections
+        code = {s.index for s in sections if s.is_code}
+        shndxs = []
+        for w in words[0::3]:
+            shndx = (w >> shndx_shift) & 0xFFFF
+            shndxs.append(-1 if shndx == SHN_XINDEX else shndx if shndx in code else 0)
+        return shndxs, list(words[1::3])
 
     # -- reading an entry back ------------------------------------------------------
 

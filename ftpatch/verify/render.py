@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from ftpatch import arm64
+from ftpatch.elf.container import Compression
 from ftpatch.verify.data import Counterexample, Emulation
 from ftpatch.verify.findings import Finding, SiteResult, VerifyReport
 
@@ -130,52 +131,158 @@ def trace_lines(report: VerifyReport, finding: Finding) -> list[str]:
     return lines
 
 
-def summary_line(report: VerifyReport) -> str:
-    verdict = "ok" if report.ok else "FAIL"
-    return (
-        f"{report.path}: {verdict}: {len(report.sites)} sites ({report.kind}, "
-        f"{report.scheme.value}), {report.emulated} emulated, {report.interleavings} "
-        f"interleavings, {report.violations} violating, {len(report.errors)} findings, "
-        f"{report.seconds:.2f}s"
+class FileSummary(NamedTuple):
+    """What the run's summary needs of one verified file: a worker sends
+    this back, not the report, so that a run over thousands of files keeps
+    no report once its lines are made."""
+
+    path: str
+    kind: str
+    scheme: str
+    sites: int
+    emulated: int
+    interleavings: int
+    violations: int
+    errors: int
+    seconds: float
+    signed: bool
+    compression: Compression | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def file_summary(report: VerifyReport) -> FileSummary:
+    return FileSummary(
+        report.path,
+        report.kind,
+        report.scheme.value,
+        len(report.sites),
+        report.emulated,
+        report.interleavings,
+        report.violations,
+        len(report.errors),
+        report.seconds,
+        report.signed,
+        report.compression,
     )
 
 
-def finding_lines(report: VerifyReport, *, limit: int = 20, traces: int = 1) -> list[str]:
-    """Errors (then notes), at most ``limit``, the first ``traces`` counterexamples traced."""
+def _kind(s: FileSummary) -> str:
+    """``relocatable``, ``relocatable, xz-compressed, signed``: short, for a table cell."""
+    parts = [s.kind]
+    if s.compression is not None:
+        parts.append(f"{s.compression.value}-compressed")
+    if s.signed:
+        parts.append("signed")
+    return ", ".join(parts)
+
+
+def summary_line(s: FileSummary) -> str:
+    verdict = "ok" if s.ok else "FAIL"
+    return (
+        f"{s.path}: {verdict}: {s.sites} sites ({_kind(s)}, "
+        f"{s.scheme}), {s.emulated} emulated, {s.interleavings} "
+        f"interleavings, {s.violations} violating, {s.errors} findings, "
+        f"{s.seconds:.2f}s"
+    )
+
+
+def error_lines(report: VerifyReport, *, limit: int = 20, traces: int = 1) -> list[str]:
+    """The errors, at most ``limit``, the first ``traces`` counterexamples traced."""
     lines: list[str] = []
     errors = [f for f in report.all_findings if f.is_error]
-    notes = [f for f in report.all_findings if not f.is_error]
     traced = 0
-    for f in (errors + notes)[:limit]:
+    for f in errors[:limit]:
         lines.append(str(f))
         if f.counterexample is not None and traced < traces:
             traced += 1
             lines.extend(trace_lines(report, f))
-    hidden = len(errors) + len(notes) - limit
+    hidden = len(errors) - limit
     if hidden > 0:
         lines.append(f"{report.path}: ... and {hidden} more findings (--json lists all)")
     return lines
 
 
-def totals(reports: Sequence[VerifyReport], seconds: float) -> str:
-    sites = sum(len(r.sites) for r in reports)
-    inter = sum(r.interleavings for r in reports)
-    bad = sum(r.violations for r in reports)
-    findings = sum(len(r.errors) for r in reports)
-    failed = sum(1 for r in reports if not r.ok)
-    rate = f", {sites / seconds:.0f} sites/s" if seconds > 0 else ""
-    return (
-        f"verified {len(reports)} file(s): {sites} sites, {inter} interleavings, "
-        f"{bad} violating, {findings} findings, {failed} file(s) failing, "
-        f"{seconds:.2f}s{rate}"
-    )
+Note = tuple[str, str]  # (check, message) of a file-level note
 
 
-def summary_table(reports: Sequence[VerifyReport]) -> Any:
-    """A rich Table: one row per file."""
+def file_notes(report: VerifyReport) -> tuple[Note, ...]:
+    """The notes of a file (said of the whole file, never of a site)."""
+    return tuple((f.check, f.message) for f in report.all_findings if not f.is_error)
+
+
+def finding_lines(report: VerifyReport, *, limit: int = 20, traces: int = 1) -> list[str]:
+    """Errors, then notes: one file's findings as a run over it alone says them."""
+    lines = error_lines(report, limit=limit, traces=traces)
+    return lines + [f"{report.path}: note: [{c}] {m}" for c, m in file_notes(report)]
+
+
+class Tally:
+    """A run's totals, made file by file as each finishes: counts, the notes
+    (a note many files share is said once, with their number), and the rows
+    of the summary table (every file's with ``every_row``, else only those
+    of failing files)."""
+
+    def __init__(self, every_row: bool = False) -> None:
+        self.every_row = every_row
+        self.files = self.sites = self.interleavings = self.violations = 0
+        self.findings = self.failing = self.unreadable = self.signed = 0
+        self.compressed: dict[str, int] = {}
+        self.rows: list[FileSummary] = []
+        self.last: FileSummary | None = None
+        self.notes: dict[Note, list[Any]] = {}  # note -> [files, first path]
+
+    def add(self, s: FileSummary, notes: Sequence[Note]) -> None:
+        self.last = s
+        self.files += 1
+        self.sites += s.sites
+        self.interleavings += s.interleavings
+        self.violations += s.violations
+        self.findings += s.errors
+        self.failing += not s.ok
+        self.signed += s.signed
+        if s.compression is not None:
+            name = s.compression.value
+            self.compressed[name] = self.compressed.get(name, 0) + 1
+        if self.every_row or not s.ok:
+            self.rows.append(s)
+        for note in notes:
+            seen = self.notes.get(note)
+            if seen is None:
+                self.notes[note] = [1, s.path]
+            else:
+                seen[0] += 1
+
+    def note_lines(self) -> list[str]:
+        """Each note once: by its file when one file has it, else with the count."""
+        lines = []
+        for (check, message), (count, path) in self.notes.items():
+            if count == 1:
+                lines.append(f"{path}: note: [{check}] {message}")
+            else:
+                lines.append(f"note: [{check}] {message} ({count} files)")
+        return lines
+
+    def line(self, seconds: float) -> str:
+        wrapped = [f"{self.signed} signed"] if self.signed else []
+        wrapped += [f"{n} {kind}-compressed" for kind, n in sorted(self.compressed.items())]
+        what = f" ({', '.join(wrapped)})" if wrapped else ""
+        unreadable = f", {self.unreadable} not verified (errors above)" if self.unreadable else ""
+        rate = f", {self.sites / seconds:.0f} sites/s" if seconds > 0 else ""
+        return (
+            f"verified {self.files} file(s){what}: {self.sites} sites, {self.interleavings} "
+            f"interleavings, {self.violations} violating, {self.findings} findings, "
+            f"{self.failing} file(s) failing{unreadable}, {seconds:.2f}s{rate}"
+        )
+
+
+def summary_table(rows: Sequence[FileSummary], title: str = "ftpatch verify") -> Any:
+    """A rich Table: one row per file given."""
     from rich.table import Table
 
-    table = Table(title="ftpatch verify", title_justify="left")
+    table = Table(title=title, title_justify="left")
     for name, justify in (
         ("file", "left"),
         ("kind", "left"),
@@ -188,17 +295,19 @@ def summary_table(reports: Sequence[VerifyReport]) -> Any:
         ("time", "right"),
         ("result", "left"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for r in reports:
+        # A path is never cut: a long one folds onto the next line.
+        overflow = "fold" if name == "file" else "ellipsis"
+        table.add_column(name, justify=justify, overflow=overflow)  # type: ignore[arg-type]
+    for r in rows:
         table.add_row(
             r.path,
-            r.kind,
-            r.scheme.value,
-            str(len(r.sites)),
+            _kind(r),
+            r.scheme,
+            str(r.sites),
             str(r.emulated),
             str(r.interleavings),
             str(r.violations),
-            str(len(r.errors)),
+            str(r.errors),
             f"{r.seconds:.2f}s",
             "[green]ok[/]" if r.ok else "[red]FAIL[/]",
         )
@@ -310,6 +419,8 @@ def report_dict(report: VerifyReport) -> dict[str, Any]:
     return {
         "path": report.path,
         "kind": report.kind,
+        "signed": report.signed,
+        "compression": None if report.compression is None else report.compression.value,
         "scheme": report.scheme.value,
         "ok": report.ok,
         "trampoline": None if t is None else {"name": t.name, "address": t.address},
