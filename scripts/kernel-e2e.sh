@@ -69,7 +69,7 @@ KVER=${FTPATCH_KERNEL_VERSION:-6.1}
 case "$KVER" in
 6.1)
 	WORK=${FTPATCH_KERNEL_WORK:-/var/tmp/ftpatch-kernel}
-	PATCHES=$REPO/patches
+	PATCHES=$REPO/patches/6.1
 	FRAGMENT=$REPO/examples/kernel/ftpatch.config
 	PFE=-fpatchable-function-entry=2
 	OPS_CYCLES=0
@@ -109,12 +109,17 @@ if [ "$KVER" = 6.12-clang ]; then
 	LLVM_MAKE=(LLVM=1)
 	MODULE_PATH=direct
 fi
-# Patch 0002 is the arm64 kernel side; 0001 (the link step) and 0003 (the
-# init timing) are in every kernel.
+# patches/VERSION: the series a user applies (the cover letter apart), then
+# the test-only patches of patches/VERSION/test (the init timing).  Patch
+# 0002 is the arm64 kernel side; every other one is in every kernel (0001
+# the link step, 0003 the documentation, test/0001 the init timing).
 MODULE_SRC=$REPO/examples/kernel/module
 # An in-tree module (CONFIG_SAMPLE_TRACE_EVENTS=m), relative to the build dir.
 INTREE_KO=samples/trace_events/trace-events-sample.ko
-BASE_PATCHES=("$PATCHES"/0001-*.patch "$PATCHES"/0003-*.patch)
+BASE_PATCHES=()
+for p in "$PATCHES"/0*.patch "$PATCHES"/test/*.patch; do
+	case "$p" in */0000-cover-letter.patch | "$PATCHES"/0002-*) ;; *) BASE_PATCHES+=("$p") ;; esac
+done
 KERNEL_PATCH=$(echo "$PATCHES"/0002-*.patch)
 REUSE=${FTPATCH_KERNEL_REUSE:-0}
 # The venv scripts/install-deps.sh makes, when there is one (Debian's python3 has no ftpatch deps).
@@ -191,7 +196,7 @@ prepare_tree() {
 	mkdir -p "$WORK" "$OUT"
 	if [ "$REUSE" = 1 ] && [ -f "$SRC/.ftpatch-e2e-base" ]; then
 		log "reusing $SRC"
-		# Back to the base state (0001 + 0003) if a previous run applied 0002.
+		# Back to the base state (all but 0002) if a previous run applied 0002.
 		if [ -f "$SRC/.ftpatch-e2e-0002" ]; then
 			patch -p1 -R -d "$SRC" < "$KERNEL_PATCH" >&2
 			rm "$SRC/.ftpatch-e2e-0002"
