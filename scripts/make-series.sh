@@ -27,7 +27,8 @@
 # /var/tmp/ftpatch-series-VERSION) and its pristine state committed once
 # (tag "pristine", a few minutes for 80k files); later runs reuse it.
 #
-# Identity and date are fixed, so the output depends on the input only:
+# Identity, date and hash abbreviation (12, whatever the tree's object
+# count) are fixed, so the output depends on the input only:
 # From: "ftpatch maintainers <ftpatch@maintainers.invalid>", a role address
 # under the reserved .invalid domain that names no person, and no
 # Signed-off-by: the person who sends a series adds theirs.
@@ -54,7 +55,8 @@ export GIT_AUTHOR_DATE=${FTPATCH_SERIES_DATE:-'2026-12-01T00:00:00Z'}
 export GIT_COMMITTER_DATE=$GIT_AUTHOR_DATE
 g() {
 	git -C "$TREE" -c user.name="$GIT_AUTHOR_NAME" -c user.email="$GIT_AUTHOR_EMAIL" \
-		-c commit.gpgsign=false -c core.autocrlf=false -c format.signOff=false "$@"
+		-c commit.gpgsign=false -c core.autocrlf=false -c format.signOff=false \
+		-c core.abbrev=12 "$@"
 }
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'make-series: %s\n' "$*" >&2; exit 1; }
