@@ -160,6 +160,7 @@ def test_checkpatch_strict(version: str, patch: Path, kernel_files: Callable[[st
         ],
         capture_output=True,
         text=True,
+        cwd=tree,  # not this repository: checkpatch looks for a .git where it runs
     )
     output = proc.stdout + proc.stderr
     assert re.search(
