@@ -62,14 +62,12 @@ def series(version: str) -> list[Path]:
     return sorted(p for p in series_dir(version).glob("0*.patch") if p != cover_letter(version))
 
 
-def test_patches(version: str) -> list[Path]:
+def e2e_patches(version: str) -> list[Path]:
+    """The test-only patches the kernel e2e applies on top."""
     return sorted((series_dir(version) / "test").glob("*.patch"))
 
 
-test_patches.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
-
-
-ALL_PATCHES = [(v, p) for v in VERSIONS for p in series(v) + test_patches(v)]
+ALL_PATCHES = [(v, p) for v in VERSIONS for p in series(v) + e2e_patches(v)]
 
 
 def patch_id(param: object) -> str:
@@ -113,7 +111,7 @@ def kernel_files(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pa
             tar = tarball(version)
             top = f"linux-source-{version}"
             out = tmp_path_factory.mktemp(f"linux-{version}")
-            existing, _ = touched(series(version) + test_patches(version))
+            existing, _ = touched(series(version) + e2e_patches(version))
             members = [f"{top}/{f}" for f in (*CHECKPATCH_FILES, "MAINTAINERS", *sorted(existing))]
             subprocess.run(
                 ["tar", "-xf", tar, "-C", out, "--strip-components=1", *members],
@@ -182,12 +180,12 @@ def test_checkpatch_strict(version: str, patch: Path, kernel_files: Callable[[st
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_git_am_applies_series_then_test_patches(
+def test_git_am_applies_series_then_e2e_patches(
     version: str, kernel_files: Callable[[str], Path], tmp_path: Path
 ) -> None:
     if not shutil.which("git"):
         pytest.skip("needs git")
-    existing, _ = touched(series(version) + test_patches(version))
+    existing, _ = touched(series(version) + e2e_patches(version))
     tree = tmp_path / "tree"
     for f in existing:
         (tree / f).parent.mkdir(parents=True, exist_ok=True)
@@ -212,8 +210,8 @@ def test_git_am_applies_series_then_test_patches(
         f"pristine files of linux-source-{version}",
     )
     git("am", "-q", *series(version))
-    git("am", "-q", *test_patches(version))
-    applied = series(version) + test_patches(version)
+    git("am", "-q", *e2e_patches(version))
+    applied = series(version) + e2e_patches(version)
     subjects = git("log", "--format=%s", "--reverse", f"HEAD~{len(applied)}..")
     assert subjects.splitlines() == [subject(p) for p in applied]
     authors = set(git("log", "--format=%an <%ae>", "HEAD~1..").splitlines())
@@ -243,7 +241,7 @@ def subject(patch: Path) -> str:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_series_mail_form(version: str) -> None:
     patches = series(version)
-    assert len(patches) >= 2 and test_patches(version), "series and test patches present"
+    assert len(patches) >= 2 and e2e_patches(version), "series and test patches present"
     n = len(patches)
     for i, patch in enumerate([cover_letter(version), *patches]):
         text = patch.read_text()
@@ -255,7 +253,7 @@ def test_series_mail_form(version: str) -> None:
         assert not re.search(r"^Signed-off-by:", text, re.M), (
             f"{patch}: the sender adds the Signed-off-by"
         )
-    for number, patch in [*enumerate(patches, 1), *enumerate(test_patches(version), 1)]:
+    for number, patch in [*enumerate(patches, 1), *enumerate(e2e_patches(version), 1)]:
         assert patch.name.startswith(f"{number:04d}-"), patch
         assert "diff --git " in patch.read_text(), f"{patch}: not made by git"
         s = subject(patch)
