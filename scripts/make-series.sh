@@ -2,6 +2,7 @@
 # Make the kernel patch series of one Linux version in git form.
 #
 #   scripts/make-series.sh VERSION [NNNN=FILE ...]
+#   scripts/make-series.sh VERSION --from-tree
 #
 # VERSION is 6.1 or 6.12.  The series lives in patches/VERSION/: a cover
 # letter (0000-cover-letter.patch), the patches a user applies with "git am"
@@ -14,14 +15,18 @@
 # its input and its output, and a run on an unchanged series rewrites the
 # same bytes.
 #
-# To change a patch: edit its description or its diff in place (a diff must
-# still apply: keep the hunk line counts right), or commit the change in the
-# tree this script leaves (branch series-VERSION) and take its diff, then
-# run this script.  NNNN=FILE takes the diff of patch NNNN from FILE (a
-# patch made with diff or git, description and all) and keeps the subject
-# and description of the series' own NNNN.  The cover letter's subject and
-# text are read from 0000-cover-letter.patch the same way (the text ends at
-# the shortlog this script's identity heads).
+# To change a patch, any of:
+# - edit its description or its diff in place (a diff must still apply:
+#   keep the hunk line counts right) and run this script;
+# - NNNN=FILE: take the diff of patch NNNN from FILE (a patch made with diff
+#   or git, description and all), keeping the subject and description of
+#   the series' own NNNN (how another branch's change to a patch comes in);
+# - change the commits of branch series-VERSION in the tree this script
+#   leaves (git rebase -i pristine, commit --amend, ...), then run it with
+#   --from-tree: the series is then that branch's commits since "pristine"
+#   (the test-only patches still come from patches/VERSION/test/).
+# The cover letter's subject and text are read from 0000-cover-letter.patch
+# (the text ends at the shortlog this script's identity heads): edit it there.
 #
 # The tree is extracted once under $FTPATCH_SERIES_WORK (default
 # /var/tmp/ftpatch-series-VERSION) and its pristine state committed once
@@ -35,7 +40,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-usage() { printf 'usage: %s 6.1|6.12 [NNNN=FILE ...]\n' "$0" >&2; exit 2; }
+usage() { printf 'usage: %s 6.1|6.12 [NNNN=FILE ... | --from-tree]\n' "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 VER=$1
 shift
@@ -69,9 +74,16 @@ IN=$(mktemp -d)
 trap 'rm -rf "$IN"' EXIT
 mkdir "$IN/series" "$IN/test"
 cp "$SERIES"/0000-cover-letter.patch "$IN/"
-for p in "$SERIES"/0[0-9][0-9][0-9]-*.patch; do
-	[ "$(basename "$p")" = 0000-cover-letter.patch ] || cp "$p" "$IN/series/"
-done
+FROM_TREE=0
+if [ "${1:-}" = --from-tree ]; then
+	[ $# -eq 1 ] || usage
+	shift
+	FROM_TREE=1
+else
+	for p in "$SERIES"/0[0-9][0-9][0-9]-*.patch; do
+		[ "$(basename "$p")" = 0000-cover-letter.patch ] || cp "$p" "$IN/series/"
+	done
+fi
 for p in "$SERIES"/test/*.patch; do
 	[ -e "$p" ] && cp "$p" "$IN/test/"
 done
@@ -140,7 +152,8 @@ print(subject + "\n\n" + "\n".join(rest[:end]).strip("\n"))
 EOF
 }
 
-# The pristine tree, committed once.
+# The pristine tree, committed once.  (Debian's .gitignore ignores every
+# top-level path: hence add -f, and apply --index for the files a patch adds.)
 if ! g rev-parse -q --verify refs/tags/pristine >/dev/null 2>&1; then
 	log "extracting $TARBALL into $WORK and committing it (once; a few minutes)"
 	rm -rf "$TREE"
@@ -151,6 +164,11 @@ if ! g rev-parse -q --verify refs/tags/pristine >/dev/null 2>&1; then
 	nice git -C "$TREE" add -f -A .
 	g commit -q --no-verify -m "Debian linux-source-$VER"
 	g tag pristine
+fi
+if [ "$FROM_TREE" = 1 ]; then
+	g rev-parse -q --verify "refs/heads/$BRANCH" >/dev/null || die "$TREE has no branch $BRANCH"
+	g format-patch -q --zero-commit --no-signature -o "$IN/series" pristine.."$BRANCH"
+	log "series from $TREE, branch $BRANCH: $(ls "$IN/series" | wc -l) patch(es)"
 fi
 g checkout -q -f -B "$BRANCH" pristine
 g clean -q -fdx
