@@ -4,11 +4,11 @@
 # FTPATCH_KERNEL_VERSION picks the kernel (examples/kernel/README.md has the
 # details of each):
 #   6.1   (default) linux-source-6.1, DYNAMIC_FTRACE_WITH_REGS,
-#         -fpatchable-function-entry=2, no KASLR, patches/000[123]-*.patch
+#         -fpatchable-function-entry=2, no KASLR, the series in patches/6.1
 #   6.12  linux-source-6.12, DYNAMIC_FTRACE_WITH_ARGS + _WITH_CALL_OPS,
 #         -fpatchable-function-entry=4,2 (two prefix NOPs hold the ops
 #         literal), KASLR (the two passing boots must be moved, each its own
-#         way), patches/6.12/000[123]-*.patch, and two ftrace users at once
+#         way), the series in patches/6.12, and two ftrace users at once
 #         (ftpatch.ops=N) so sites move between per-callsite ops under load
 #   6.12-clang  the same built with Clang and LLD (LLVM=1),
 #         ARM64_BTI_KERNEL + ARM64_PTR_AUTH_KERNEL, booted on qemu -cpu
@@ -21,16 +21,19 @@
 #
 # From Debian's linux-source-VERSION this script builds, in one output
 # directory and incrementally, four arm64 tinyconfig+ftrace kernels:
-#   stock     patches 0001 (CONFIG_FTPATCH=n: hook inert) + 0003 (timing
-#             print): the kernel writes MOV X9, X30 into every site at boot
+#   stock     the series but 0002 (CONFIG_FTPATCH=n: hook inert), and the
+#             test-only timing print (patches/VERSION/test): the kernel
+#             writes MOV X9, X30 into every site at boot
 #   negative  CONFIG_FTPATCH=y, so vmlinux.o is rewritten, but the arm64
 #             ftrace code is stock (no 0002): must fail loudly at boot
-#   ftpatch   all three patches and CONFIG_FTPATCH=y: must boot and trace
-#   unrewritten  all three patches, every ftpatch command "true" (after a
+#   ftpatch   the whole series (and the timing print) and CONFIG_FTPATCH=y:
+#             must boot and trace
+#   unrewritten  the same, every ftpatch command "true" (after a
 #             build whose "rewrite" does nothing failed at the link): the
 #             patched ftrace_init_nop() must refuse the NOPs (ftrace bug)
 # plus the test module (examples/kernel/module) for the stock and ftpatch
-# kernels, one built with a "rewrite" that does nothing and one damaged,
+# kernels, one built with a "rewrite" that does nothing, one damaged, and on
+# CALL_OPS kernels one whose symbol-less site is rewritten one word off,
 # boots each under qemu-system-aarch64 (-M virt, 4 CPUs; -nic none, as the
 # default NIC wants an iPXE ROM that is not installed) with the static init
 # from examples/kernel/init.c, and has scripts/kernel_e2e (python -m
@@ -61,7 +64,7 @@ KVER=${FTPATCH_KERNEL_VERSION:-6.1}
 case "$KVER" in
 6.1)
 	WORK=${FTPATCH_KERNEL_WORK:-/var/tmp/ftpatch-kernel}
-	PATCHES=$REPO/patches
+	PATCHES=$REPO/patches/6.1
 	FRAGMENT=$REPO/examples/kernel/ftpatch.config
 	PFE=-fpatchable-function-entry=2
 	OPS_CYCLES=0
@@ -101,12 +104,17 @@ if [ "$KVER" = 6.12-clang ]; then
 	LLVM_MAKE=(LLVM=1)
 	MODULE_PATH=direct
 fi
-# Patch 0002 is the arm64 kernel side; 0001 (the link step) and 0003 (the
-# init timing) are in every kernel.
+# patches/VERSION: the series a user applies (the cover letter apart), then
+# the test-only patches of patches/VERSION/test (the init timing).  Patch
+# 0002 is the arm64 kernel side; every other one is in every kernel (0001
+# the link step, 0003 the documentation, test/0001 the init timing).
 MODULE_SRC=$REPO/examples/kernel/module
 # An in-tree module (CONFIG_SAMPLE_TRACE_EVENTS=m), relative to the build dir.
 INTREE_KO=samples/trace_events/trace-events-sample.ko
-BASE_PATCHES=("$PATCHES"/0001-*.patch "$PATCHES"/0003-*.patch)
+BASE_PATCHES=()
+for p in "$PATCHES"/0*.patch "$PATCHES"/test/*.patch; do
+	case "$p" in */0000-cover-letter.patch | "$PATCHES"/0002-*) ;; *) BASE_PATCHES+=("$p") ;; esac
+done
 KERNEL_PATCH=$(echo "$PATCHES"/0002-*.patch)
 REUSE=${FTPATCH_KERNEL_REUSE:-0}
 # The venv scripts/install-deps.sh makes, when there is one (Debian's python3 has no ftpatch deps).
@@ -171,7 +179,7 @@ prepare_tree() {
 	mkdir -p "$WORK" "$OUT"
 	if [ "$REUSE" = 1 ] && [ -f "$SRC/.ftpatch-e2e-base" ]; then
 		log "reusing $SRC"
-		# Back to the base state (0001 + 0003) if a previous run applied 0002.
+		# Back to the base state (all but 0002) if a previous run applied 0002.
 		if [ -f "$SRC/.ftpatch-e2e-0002" ]; then
 			patch -p1 -R -d "$SRC" < "$KERNEL_PATCH" >&2
 			rm "$SRC/.ftpatch-e2e-0002"

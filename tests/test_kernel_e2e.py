@@ -9,7 +9,7 @@ booted on qemu -cpu max), each about 10-20 minutes on 2 cores (one full
 tinyconfig+ftrace build, incremental ones, qemu boots), and asserts on the
 summary it writes:
 
-* the ftpatch kernel (vmlinux.o rewritten, patches/0002 applied) passes every
+* the ftpatch kernel (vmlinux.o rewritten, patches/VERSION/0002 applied) passes every
   ftrace start-up self-test, has no ftrace bug/WARNING/Oops/panic, and its
   init switches the function tracer on and off under load and sees traced
   calls in the trace buffer;
