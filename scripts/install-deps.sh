@@ -62,10 +62,11 @@ apt_install() {
 
 if [[ $mode != runtime ]]; then
     # The quick suite: cross toolchains, clang/lld/llvm, qemu-user (the e2e
-    # programs), make (tests/test_minikernel.py), host gcc (a non-AArch64 object).
+    # programs), make (tests/test_minikernel.py), host gcc (a non-AArch64 object),
+    # openssl (tests/test_module_files.py signs modules as sign-file does).
     APT_PACKAGES=(
         gcc g++-aarch64-linux-gnu gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
-        clang lld llvm qemu-user make
+        clang lld llvm qemu-user make openssl
     )
     if [[ $mode == full ]]; then
         # The real-kernel boot (scripts/kernel-e2e.sh), the container check
