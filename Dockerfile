@@ -39,7 +39,7 @@ FROM runtime AS base
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
         gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu \
-        libc6-dev-arm64-cross clang lld llvm qemu-user gcc make openssl \
+        libc6-dev-arm64-cross clang lld llvm qemu-user gcc make openssl xz-utils zstd \
  && apt-get clean && rm -rf /var/lib/apt/lists/* \
  && find /usr/bin -name 'qemu-*' -not -name 'qemu-aarch64' -not -name 'qemu-aarch64_be' -delete
 

@@ -63,16 +63,17 @@ apt_install() {
 if [[ $mode != runtime ]]; then
     # The quick suite: cross toolchains, clang/lld/llvm, qemu-user (the e2e
     # programs), make (tests/test_minikernel.py), host gcc (a non-AArch64 object),
-    # openssl (tests/test_module_files.py signs modules as sign-file does).
+    # openssl, xz-utils, zstd (tests/test_module_files.py signs and compresses
+    # modules as sign-file and modules_install do).
     APT_PACKAGES=(
         gcc g++-aarch64-linux-gnu gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
-        clang lld llvm qemu-user make openssl
+        clang lld llvm qemu-user make openssl xz-utils zstd
     )
     if [[ $mode == full ]]; then
         # The real-kernel boot (scripts/kernel-e2e.sh), the container check
         # (scripts/container-check.sh) and GNU time for benchmarks/.
         APT_PACKAGES+=(
-            bc flex bison libssl-dev libelf-dev cpio xz-utils qemu-system-arm linux-source-6.1
+            bc flex bison libssl-dev libelf-dev cpio qemu-system-arm linux-source-6.1
             linux-source-6.12
             podman debootstrap time
         )
