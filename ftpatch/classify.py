@@ -45,7 +45,7 @@ import mmap
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from ftpatch import arm64
@@ -101,7 +101,7 @@ class Code(NamedTuple):
     cursor: list[int]
     base: int = 0  # the section's address (sh_addr) in a linked image, 0 in an object
     # Prefix NOPs before every function entry of the file, as its sites with
-    # a function symbol show them (agreed_prefix); None: not known.
+    # a function symbol show them (PrefixVote); None: not known.
     prefix: int | None = None
     # The prefix is what pristine sites show (exact), not only the least
     # number of NOPs rewritten sites have before their entries (a bound).
@@ -421,8 +421,7 @@ class FileVerdicts(NamedTuple):
     """Every record's verdict, and the file's prefix that decided them."""
 
     verdicts: list[Verdict | None]  # None: the record was not mapped to code
-    prefix: int | None  # agreed_prefix: NOP words before each function symbol
-    prefix_exact: bool
+    prefix: int | None  # PrefixVote: NOP words before each function symbol
 
 
 class PrefixVote:
@@ -469,14 +468,6 @@ class PrefixVote:
                     return p, True
             return None, False
         return least, False
-
-
-def agreed_prefix(sites: Iterable[tuple[Code, Verdict]]) -> tuple[int | None, bool]:
-    """:class:`PrefixVote` over ``sites``."""
-    vote = PrefixVote()
-    for code, v in sites:
-        vote.add(code, v)
-    return vote.result()
 
 
 def depends_on_prefix(code: Code, v: Verdict) -> bool:
@@ -527,7 +518,7 @@ def classify_file(codes: Sequence[Code | None], offsets: Sequence[int]) -> FileV
         verdicts.append(v)
     prefix, exact = vote.result()
     if prefix is None:
-        return FileVerdicts(verdicts, None, False)
+        return FileVerdicts(verdicts, None)
     call_ops = prefix == CALL_OPS_PREFIX
     for i, (c, judged) in enumerate(zip(codes, verdicts, strict=True)):
         if c is None or judged is None:
@@ -536,7 +527,7 @@ def classify_file(codes: Sequence[Code | None], offsets: Sequence[int]) -> FileV
             judged = verdicts[i] = decide(c, judged, offsets[i], prefix, exact)
         if call_ops and judged.slot is not None:
             verdicts[i] = judged._replace(literal=literal_of(c, judged.slot))
-    return FileVerdicts(verdicts, prefix, exact)
+    return FileVerdicts(verdicts, prefix)
 
 
 def _prefixed(code: Code, v: Verdict, prefix: int) -> Verdict:

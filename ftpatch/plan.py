@@ -218,8 +218,11 @@ def _value_columns(
         else:
             old = array("Q", values)
             offsets = array("Q", group.value_offsets)
-        for j in range(len(offsets) - 1):
-            if offsets[j] >= offsets[j + 1]:  # a linked image's RELA addends, out of order
+        # An object's r_addends ascend by construction (a range); a linked
+        # image's RELA addends may come out of order.
+        ascending = isinstance(group.value_offsets, range)
+        for j in range(0 if ascending else len(offsets) - 1):
+            if offsets[j] >= offsets[j + 1]:
                 order = sorted(range(len(offsets)), key=offsets.__getitem__)
                 offsets = array("Q", [offsets[k] for k in order])
                 old = array("Q", [old[k] for k in order])

@@ -41,7 +41,7 @@ class ScanResult:
         self.path = path
         self.elf = elf
         self.sites = sites
-        # NOP words before each function symbol, as classify.agreed_prefix
+        # NOP words before each function symbol, as classify.PrefixVote
         # decided them (2 under CALL_OPS); None: nothing says.
         self.prefix = prefix
 
@@ -125,7 +125,7 @@ def record_codes(elf: ElfFile, raw: list[RawRecord]) -> list[Code | None]:
 def scan_sites(
     elf: ElfFile, records_mode: RecordsMode = "auto"
 ) -> tuple[tuple[Site, ...], int | None]:
-    """Every record's Site, and the file's prefix (classify.agreed_prefix)."""
+    """Every record's Site, and the file's prefix (classify.PrefixVote)."""
     raw, kind = raw_records(elf, records_mode)
     codes = record_codes(elf, raw)
     judged = classify_file(codes, [r.target_offset for r in raw])
