@@ -71,6 +71,7 @@ case "$KVER" in
 	FTRACE_Y=(DYNAMIC_FTRACE_WITH_REGS MODULES MODULE_UNLOAD)
 	# No KASLR: the module region lies within BL range of the kernel text.
 	MODULE_PATH=direct
+	SAMPLES_M=()
 	;;
 6.12 | 6.12-clang)
 	WORK=${FTPATCH_KERNEL_WORK:-/var/tmp/ftpatch-kernel-$KVER}
@@ -79,7 +80,9 @@ case "$KVER" in
 	PFE=-fpatchable-function-entry=4,2
 	OPS_CYCLES=${FTPATCH_E2E_OPS:-10}
 	FTRACE_Y=(DYNAMIC_FTRACE_WITH_ARGS DYNAMIC_FTRACE_WITH_CALL_OPS RELOCATABLE RANDOMIZE_BASE
-		MODULES MODULE_UNLOAD)
+		MODULES MODULE_UNLOAD DYNAMIC_FTRACE_WITH_DIRECT_CALLS)
+	# The kernel's direct-call clients and ftrace-ops (samples/ftrace).
+	SAMPLES_M=(SAMPLE_FTRACE_DIRECT SAMPLE_FTRACE_DIRECT_MULTI SAMPLE_FTRACE_OPS)
 	# Where the module's text lands, so both of a module's ways to reach
 	# ftrace_caller are exercised: GCC with RANDOMIZE_MODULE_REGION_FULL
 	# (a 2 GiB region picked once per boot: its ftrace PLTs, a boot whose
@@ -111,6 +114,11 @@ fi
 MODULE_SRC=$REPO/examples/kernel/module
 # An in-tree module (CONFIG_SAMPLE_TRACE_EVENTS=m), relative to the build dir.
 INTREE_KO=samples/trace_events/trace-events-sample.ko
+# 6.12: the samples/ftrace modules the init loads (sample-NAME.ko), each
+# kernel's own build of them kept in $OUT/samples-KIND/.
+DIRECT_SAMPLES=()
+[ ${#SAMPLES_M[@]} -eq 0 ] ||
+	DIRECT_SAMPLES=(ftrace-direct ftrace-direct-multi ftrace-direct-modify ftrace-direct-multi-modify ftrace-ops)
 BASE_PATCHES=()
 for p in "$PATCHES"/0*.patch "$PATCHES"/test/*.patch; do
 	case "$p" in */0000-cover-letter.patch | "$PATCHES"/0002-*) ;; *) BASE_PATCHES+=("$p") ;; esac
@@ -220,10 +228,13 @@ configure() {
 	for sym in "${REQUIRED_Y[@]}"; do
 		grep -qx "CONFIG_$sym=y" "$BUILD/.config" || missing+=("$sym")
 	done
+	for sym in "${SAMPLES_M[@]}"; do
+		grep -qx "CONFIG_$sym=m" "$BUILD/.config" || missing+=("$sym=m")
+	done
 	grep -qx "# CONFIG_CC_OPTIMIZE_FOR_SIZE is not set" "$BUILD/.config" || missing+=("!CC_OPTIMIZE_FOR_SIZE")
 	grep -qx "CONFIG_INITRAMFS_SOURCE=\"$OUT/initramfs.list\"" "$BUILD/.config" || missing+=(INITRAMFS_SOURCE)
 	[ ${#missing[@]} -eq 0 ] || die "config: not set as required: ${missing[*]}"
-	note config_checked "${#REQUIRED_Y[@]} options y, -O2, initramfs"
+	note config_checked "${#REQUIRED_Y[@]} options y, ${#SAMPLES_M[@]} m, -O2, initramfs"
 }
 
 # build NAME: make Image, time it, keep Image and vmlinux as $OUT/*-NAME.
@@ -249,6 +260,21 @@ build_module() {
 	# "make Image" leaves no Module.symvers, which an external module needs.
 	{ "${KMAKE[@]}" modules && "${KMAKE[@]}" M="$dir" modules; } > "$OUT/build-module-$name.log" 2>&1 ||
 		{ tail -40 "$OUT/build-module-$name.log"; die "module $name: make failed (see $OUT/build-module-$name.log)"; }
+}
+
+# keep_samples KIND: the samples/ftrace modules of the build in $BUILD (by
+# its last "make modules") to $OUT/samples-KIND/, and their initramfs specs
+# (sample-NAME=PATH) in SAMPLE_SPECS.
+keep_samples() {
+	local kind=$1 name
+	SAMPLE_SPECS=()
+	mkdir -p "$OUT/samples-$kind"
+	for name in "${DIRECT_SAMPLES[@]}"; do
+		[ -f "$BUILD/samples/ftrace/$name.ko" ] ||
+			die "make modules built no samples/ftrace/$name.ko (${SAMPLES_M[*]} =m?)"
+		cp "$BUILD/samples/ftrace/$name.ko" "$OUT/samples-$kind/"
+		SAMPLE_SPECS+=("sample-$name=$OUT/samples-$kind/$name.ko")
+	done
 }
 
 # module_initrd NAME MODULE [refuse-WHAT=KO ...]: $OUT/modules-NAME.cpio with
@@ -349,6 +375,19 @@ must_fail() {
 		--vmlinux "$OUT/vmlinux-$1" || exit 1
 }
 
+# The C files the series touches (patches/VERSION/0*.patch), as objects,
+# and kernel/module/main.o, which includes the asm/vermagic.h of 0001.
+W1_OBJS=($(sed -n 's|^diff --git a/\(.*\)\.c b/.*|\1.o|p' "$PATCHES"/0*.patch | sort -u) kernel/module/main.o)
+
+# w1_build KIND: those objects compiled again with W=1 (the kernel's extra
+# warnings) in the tree as it is, the log in $OUT/w1-KIND.log.  The next
+# build compiles them again without W=1 (their command line changed).
+w1_build() {
+	log "compiling ${W1_OBJS[*]} with W=1 ($1)"
+	"${KMAKE[@]}" W=1 "${W1_OBJS[@]}" > "$OUT/w1-$1.log" 2>&1 ||
+		{ tail -20 "$OUT/w1-$1.log"; die "make W=1 ${W1_OBJS[*]} failed ($1; see $OUT/w1-$1.log)"; }
+}
+
 # set_ftpatch_config y|n: CONFIG_FTPATCH in the build's .config.
 set_ftpatch_config() {
 	if [ "$1" = y ]; then
@@ -382,12 +421,20 @@ build_kernels() {
 	unset FTPATCH
 	set_ftpatch_config n
 	build stock
+	w1_build stock
 	grep -q 'FTPATCH  *vmlinux.o' "$OUT/build-stock.log" && die "stock build ran ftpatch"
 	build_module stock
 	grep -q 'FTPATCH \[M\]' "$OUT/build-module-stock.log" && die "stock module build ran ftpatch"
 	[ -f "$BUILD/$INTREE_KO" ] || die "make modules built no $INTREE_KO (CONFIG_SAMPLE_TRACE_EVENTS=m?)"
 	$FTPATCH_CMD rewrite --check --quiet "$BUILD/$INTREE_KO" 2>/dev/null &&
 		die "the stock build's in-tree $INTREE_KO is rewritten"
+	keep_samples stock
+	STOCK_SAMPLE_SPECS=("${SAMPLE_SPECS[@]}")
+	local name
+	for name in "${DIRECT_SAMPLES[@]}"; do
+		$FTPATCH_CMD rewrite --check --quiet "$OUT/samples-stock/$name.ko" 2>/dev/null &&
+			die "the stock build's samples/ftrace/$name.ko is rewritten"
+	done
 
 	# 2. negative: CONFIG_FTPATCH=y without the arm64 kernel side (0002):
 	#    vmlinux.o is rewritten, ftrace_call_adjust() still adds 12/16
@@ -413,6 +460,18 @@ build_kernels() {
 	$FTPATCH_CMD rewrite --check --quiet "$BUILD/$INTREE_KO" ||
 		die "make modules left the in-tree $INTREE_KO not rewritten"
 	cp "$BUILD/$INTREE_KO" "$OUT/intree-${INTREE_KO##*/}"
+	# The samples/ftrace modules, rewritten by the same "make modules" and
+	# passed by ftpatch verify.
+	keep_samples ftpatch
+	for name in "${DIRECT_SAMPLES[@]}"; do
+		$FTPATCH_CMD rewrite --check --quiet "$OUT/samples-ftpatch/$name.ko" ||
+			die "make modules left samples/ftrace/$name.ko not rewritten"
+	done
+	if [ ${#DIRECT_SAMPLES[@]} -gt 0 ]; then
+		$FTPATCH_CMD verify "$OUT"/samples-ftpatch/*.ko > "$OUT/verify-samples.log" 2>&1 ||
+			DEFERRED_FAIL+=("ftpatch verify failed the samples/ftrace modules (see $OUT/verify-samples.log)")
+		note samples_verify "$(tail -1 "$OUT/verify-samples.log")"
+	fi
 	$FTPATCH_CMD scan --json "$OUT/intree-${INTREE_KO##*/}" > "$OUT/scan-intree.json"
 	# With its sites outside .init.text: what the kernel lists once it has loaded.
 	e2e scan "$SUMMARY" "$OUT/scan-intree.json" --counts intree_module_sites \
@@ -451,9 +510,9 @@ build_kernels() {
 		refuse-foreign="$WORK/modules/stock/ftpatch_test.ko" \
 		refuse-unrewritten="$WORK/modules/unrewritten/ftpatch_test.ko" \
 		refuse-damaged="$OUT/ftpatch_test-damaged.ko" "${literal[@]}" \
-		"intree-$(basename "$INTREE_KO" .ko)"="$OUT/intree-${INTREE_KO##*/}"
+		"intree-$(basename "$INTREE_KO" .ko)"="$OUT/intree-${INTREE_KO##*/}" "${SAMPLE_SPECS[@]}"
 	module_initrd stock "$WORK/modules/stock/ftpatch_test.ko" \
-		refuse-foreign="$WORK/modules/ftpatch/ftpatch_test.ko"
+		refuse-foreign="$WORK/modules/ftpatch/ftpatch_test.ko" "${STOCK_SAMPLE_SPECS[@]}"
 }
 
 # module_stamp_check: the module build's stamp holds the FTPATCH command:
@@ -518,6 +577,11 @@ main() {
 		records_check "$WORK/modules/$kind/ftpatch_test.ko" "$expect" "records_check_module_$kind"
 	done
 	records_check "$OUT/intree-${INTREE_KO##*/}" rewritten records_check_intree_module
+	local name
+	for name in "${DIRECT_SAMPLES[@]}"; do
+		records_check "$OUT/samples-stock/$name.ko" pristine "records_check_sample_stock_$name"
+		records_check "$OUT/samples-ftpatch/$name.ko" rewritten "records_check_sample_ftpatch_$name"
+	done
 	# A verify failure is reported now and fails the run at the end, after
 	# the boots, so one run shows everything.
 	if $FTPATCH_CMD verify --help >/dev/null 2>&1; then
@@ -559,6 +623,10 @@ main() {
 	rm -f "$BUILD/vmlinux.o" "$BUILD/vmlinux"
 	build unrewritten
 	unset FTPATCH
+	# The ftpatch kernel's sources and config (the last build of this run).
+	w1_build ftpatch
+	e2e w1 "$SUMMARY" --stock "$OUT/w1-stock.log" --ftpatch "$OUT/w1-ftpatch.log" \
+		--source "$SRC" --objects "${W1_OBJS[*]}" || exit 1
 	$FTPATCH_CMD rewrite --check --quiet "$BUILD/vmlinux.o" &&
 		die "unrewritten build: vmlinux.o is rewritten"
 
@@ -573,6 +641,7 @@ main() {
 	[ "$KVER" = 6.1 ] || checks+=(--kaslr)
 	[ "$KVER" != 6.12-clang ] || checks+=(--bti)
 	[ "$KVER" = 6.1 ] || checks+=(--call-ops)
+	[ ${#DIRECT_SAMPLES[@]} -eq 0 ] || checks+=(--direct-samples "${DIRECT_SAMPLES[*]}")
 	e2e boots-check "$SUMMARY" --out "$OUT" --module-path "$MODULE_PATH" "${checks[@]}" || exit 1
 
 	# The negative kernel's stock ftrace_call_adjust() moves the records a

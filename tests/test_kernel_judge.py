@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import lzma
+import subprocess
 from functools import cache
 from pathlib import Path
 
 import pytest
-from kernel_e2e import bootlog, rules
+from conftest import require
+from kernel_e2e import bootlog, rules, w1
 from kernel_e2e.__main__ import main
 from kernel_e2e.bootlog import BootLog, Outcome
 from kernel_e2e.rules import NegativeFailure, Verdict
@@ -192,8 +194,13 @@ def test_a_module_trace_with_unfiltered_functions_is_the_stale_code_flake() -> N
     assert judge(log("stock-boot-filter-leak")) == "flake:filter-leak"
     # The same failure with no function outside the filter in the printed
     # trace (the real log less its tick lines) is a plain failure.
-    own = [line for line in text.splitlines() if "tick_handle_periodic" not in line
-           and "calc_global_load_tick" not in line and not line.endswith("|  }")]
+    own = [
+        line
+        for line in text.splitlines()
+        if "tick_handle_periodic" not in line
+        and "calc_global_load_tick" not in line
+        and not line.endswith("|  }")
+    ]
     assert any("FTPATCH-E2E: FAIL" in line for line in own)
     assert rules.filter_leak(edited(own)) is None
     assert judge(edited(own)).startswith("fail:")
@@ -349,11 +356,14 @@ def test_a_6_12_pair_of_boots_passes_every_check() -> None:
         "text+0xc: found 0xd503201f 0xd503201f",
         "text+0x0: found 0x00000000 0xd503201f",
     ]
-    offsets = {k: rules.kaslr_offset(b, LINK_STEXT_6_12) for k, b in
-               (("ftpatch", ftpatch), ("stock", stock))}
+    offsets = {
+        k: rules.kaslr_offset(b, LINK_STEXT_6_12)
+        for k, b in (("ftpatch", ftpatch), ("stock", stock))
+    }
     assert offsets == {"ftpatch": 0x596212600000, "stock": 0x3C8686600000}
-    assert rules.kaslr_check({"ftpatch": (ftpatch, offsets["ftpatch"]),
-                              "stock": (stock, offsets["stock"])}).passed
+    assert rules.kaslr_check(
+        {"ftpatch": (ftpatch, offsets["ftpatch"]), "stock": (stock, offsets["stock"])}
+    ).passed
     # A GCC kernel on cortex-a57: no BTI to detect.
     assert not rules.bti_check({"ftpatch": ftpatch}).passed
 
@@ -371,8 +381,11 @@ def test_module_check_fires_on_what_each_boot_lacks() -> None:
     # The boots swapped: each kernel's refusals and version magic are its own.
     assert not rules.module_check(stock, ftpatch, "plt", INTREE_CORE_SITES).passed
     # The damaged copy loaded (its refusal gone from the log).
-    lines = [line for line in log_text("ftpatch-6.12-boot-pass").splitlines()
-             if "refuse-damaged.ko refused" not in line and "text+0x0: found" not in line]
+    lines = [
+        line
+        for line in log_text("ftpatch-6.12-boot-pass").splitlines()
+        if "refuse-damaged.ko refused" not in line and "text+0x0: found" not in line
+    ]
     damaged = rules.module_check(edited(lines), stock, "plt", INTREE_CORE_SITES)
     assert damaged.reasons == (
         "boot ftpatch: refuse-damaged.ko not refused",
@@ -415,3 +428,84 @@ def test_module_check_on_call_ops_wants_the_literal_refusal() -> None:
         "boot ftpatch: no refusal of the literal-damaged site by its literal",
         "boot ftpatch: refuse-literal-damaged.ko not refused",
     )
+
+
+# -- W=1: the series adds no compiler warning --------------------------------------
+
+# A source the "series" changes: two lines added above the old warning (so it
+# moves), and one new warning of the same kind in a new function.
+W1_STOCK = """\
+static int helper(int x) { return x + 1; }
+int used(int x) { int unused; return helper(x); }
+"""
+W1_PATCHED = """\
+/* two lines
+   added */
+static int helper(int x) { return x + 1; }
+int used(int x) { int unused; return helper(x); }
+int added(int x) { int unused_too; return helper(x); }
+"""
+
+
+def _compile_warnings(tmp_path: Path, name: str, source: str) -> str:
+    """The stderr of a real compile of ``source`` as ``src/file.c`` with the
+    flags W=1 adds that matter here."""
+    require("aarch64-linux-gnu-gcc")
+    src = tmp_path / name / "src"
+    src.mkdir(parents=True)
+    (src / "file.c").write_text(source)
+    run = subprocess.run(
+        [
+            "aarch64-linux-gnu-gcc",
+            "-c",
+            "-Wall",
+            "-Wextra",
+            "-Wmissing-prototypes",
+            str(src / "file.c"),
+            "-o",
+            str(tmp_path / name / "file.o"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return run.stderr
+
+
+def test_w1_finds_only_the_warnings_the_series_adds(tmp_path: Path) -> None:
+    stock_log = _compile_warnings(tmp_path, "stock", W1_STOCK)
+    patched_log = _compile_warnings(tmp_path, "ftpatch", W1_PATCHED)
+    stock = w1.parse(stock_log, str(tmp_path / "stock"))
+    patched = w1.parse(patched_log, str(tmp_path / "ftpatch"))
+    # GCC warned of the unused variable and the missing prototype in both.
+    assert {(w.path, w.flag) for w in stock} == {
+        ("src/file.c", "-Wunused-variable"),
+        ("src/file.c", "-Wmissing-prototypes"),
+    }
+    # The moved warnings are not new; the added function's two are.
+    new = w1.new_warnings(stock, patched)
+    assert [w.flag for w in new] == ["-Wmissing-prototypes", "-Wunused-variable"]
+    assert "unused_too" in str(new[1]) and "added" in str(new[0])
+    assert rules.w1_check(stock, stock).passed
+    assert not rules.w1_check(stock, patched).passed
+    # The same source compiled twice: nothing new, whatever the tree's path.
+    again = w1.parse(_compile_warnings(tmp_path, "again", W1_STOCK), str(tmp_path / "again"))
+    assert w1.new_warnings(stock, again) == []
+
+
+def test_w1_command_writes_its_findings_and_fails(tmp_path: Path) -> None:
+    stock_log, patched_log = tmp_path / "w1-stock.log", tmp_path / "w1-ftpatch.log"
+    stock_log.write_text(_compile_warnings(tmp_path, "s", W1_STOCK))
+    patched_log.write_text(
+        _compile_warnings(tmp_path, "s2", W1_PATCHED).replace(
+            str(tmp_path / "s2"), str(tmp_path / "s")
+        )
+    )
+    summary = tmp_path / "summary.json"
+    args = ["w1", str(summary), "--stock", str(stock_log), "--source", str(tmp_path / "s")]
+    assert main([*args, "--ftpatch", str(stock_log)]) == 0
+    assert json.loads(summary.read_text())["w1_new_warnings"] == []
+    assert main([*args, "--ftpatch", str(patched_log)]) == 1
+    doc = json.loads(summary.read_text())
+    assert doc["w1_warnings_stock"] == 2 and doc["w1_warnings_ftpatch"] == 4
+    assert len(doc["w1_new_warnings"]) == 2

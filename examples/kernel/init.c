@@ -67,6 +67,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
@@ -525,17 +526,23 @@ static void check_graph_trace(void)
 #define MODULE_DIR "/modules"
 #define TEST_MODULE "ftpatch_test"
 
-/* finit_module() of a file; 0 or the errno. */
-static int load_module(const char *path)
+/* finit_module() of a file with module parameters @params; 0 or the errno. */
+static int load_module_with(const char *path, const char *params)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC), err = 0;
 
 	if (fd < 0)
 		fail("open %s: %s", path, strerror(errno));
-	if (syscall(SYS_finit_module, fd, "", 0))
+	if (syscall(SYS_finit_module, fd, params, 0))
 		err = errno;
 	close(fd);
 	return err;
+}
+
+/* finit_module() of a file; 0 or the errno. */
+static int load_module(const char *path)
+{
+	return load_module_with(path, "");
 }
 
 static void unload_test_module(void)
@@ -895,6 +902,236 @@ static void check_ops_trace(void)
 	free(trace);
 }
 
+/*
+ * The kernel's own direct-call clients (samples/ftrace, CONFIG_SAMPLE_FTRACE_
+ * DIRECT{,_MULTI}=m on CALL_OPS kernels), as /modules/sample-NAME.ko: each is
+ * loaded while the function tracer, filtered to the very functions the
+ * sample attaches its trampoline to, switches on and off round after round,
+ * so the same BL slots move between the direct trampoline, ftrace_caller
+ * with the sample's ops in the literal, and the list ops.  Each round
+ * records for SAMPLE_ROUND_MS and reads the buffer: the trampolines'
+ * trace_printk lines must show up, with the tracer on too, and the modify
+ * samples (modify_ftrace_direct() every 2 s from their kthread) must be
+ * seen switching between their two trampolines.  After the unload, nothing
+ * of them may print.  Each sample is one line for the e2e judge:
+ *   direct sample NAME: R rounds in S s (tracer on in T): D direct lines
+ *   (W with the tracer on), F lines of its functions from the tracer,
+ *   trampolines seen SEQ (K switches); unloaded, then A direct lines
+ */
+#define SAMPLE_ROUND_MS 400
+
+static const struct direct_sample {
+	const char *name;		/* module name; the file is sample-NAME.ko, dashes for _ */
+	const char *filter;		/* the functions its direct ops attaches to */
+	const char *prints[2];		/* what its trampoline(s) print; two for modify */
+	int rounds;
+	int min_switches;		/* modify samples: trampoline switches to see */
+} direct_samples[] = {
+	{ "ftrace-direct", "wake_up_process", { "waking up ", NULL }, 8, 0 },
+	{ "ftrace-direct-multi", "wake_up_process schedule", { ": ip ", NULL }, 8, 0 },
+	{ "ftrace-direct-modify", "schedule",
+	  { "my direct func1\n", "my direct func2\n" }, 24, 3 },
+	{ "ftrace-direct-multi-modify", "wake_up_process schedule",
+	  { "my direct func1 ip ", "my direct func2 ip " }, 24, 3 },
+};
+
+/* Lines of @trace from @sample's trampolines; *@last: which one printed last (-1: none). */
+static int direct_lines(const struct direct_sample *sample, const char *trace, int *last)
+{
+	const char *pos = trace, *line;
+	size_t len;
+	int n = 0;
+
+	while ((line = next_line(&pos, &len))) {
+		if (!len || line[0] == '#')
+			continue;
+		for (int i = 0; i < 2 && sample->prints[i]; i++) {
+			/* a print ending in a newline must end the line */
+			size_t plen = strlen(sample->prints[i]);
+			bool whole = sample->prints[i][plen - 1] == '\n';
+
+			if (whole ? (len >= plen - 1 && !memcmp(line + len - (plen - 1), sample->prints[i], plen - 1) &&
+				     memmem(line, len, ": ", 2))
+				  : memmem(line, len, sample->prints[i], plen) != NULL) {
+				n++;
+				*last = i;
+				break;
+			}
+		}
+	}
+	return n;
+}
+
+/* Lines of @trace in which the function tracer traced one of @filter's functions. */
+static int tracer_lines(const char *filter, const char *trace)
+{
+	char words[128], needle[80];
+	int n = 0;
+
+	snprintf(words, sizeof(words), "%s", filter);
+	for (char *w = strtok(words, " "); w; w = strtok(NULL, " ")) {
+		snprintf(needle, sizeof(needle), ": %s <-", w);
+		n += count_lines_with(trace, needle);
+	}
+	return n;
+}
+
+static void check_direct_sample(const struct direct_sample *sample)
+{
+	char path[300], modname[64], seen[128] = "";
+	int err, direct = 0, with_tracer = 0, traced = 0, tracer_rounds = 0;
+	int switches = 0, previous = -1, after = 0, last;
+	double t0 = now(), t;
+	char *trace;
+
+	snprintf(path, sizeof(path), MODULE_DIR "/sample-%s.ko", sample->name);
+	snprintf(modname, sizeof(modname), "%s", sample->name);
+	for (char *c = modname; *c; c++)
+		if (*c == '-')
+			*c = '_';
+	tracefs_write("tracing_on", "0");
+	tracefs_write("current_tracer", "nop");
+	tracefs_write("set_ftrace_filter", sample->filter);
+	tracefs_write("trace", "");
+	err = load_module(path);
+	if (err)
+		fail("direct sample %s: finit_module: %s", sample->name, strerror(err));
+	for (int round = 0; round < sample->rounds; round++) {
+		bool tracer = round % 2;
+		int lines;
+
+		tracefs_write("current_tracer", tracer ? "function" : "nop");
+		tracefs_write("trace", "");
+		tracefs_write("tracing_on", "1");
+		sleep_ms(SAMPLE_ROUND_MS);
+		tracefs_write("tracing_on", "0");
+		trace = read_file(TRACEFS "/trace", NULL);
+		last = -1;
+		lines = direct_lines(sample, trace, &last);
+		direct += lines;
+		if (tracer) {
+			int mine = tracer_lines(sample->filter, trace);
+
+			tracer_rounds++;
+			with_tracer += lines;
+			traced += mine;
+		}
+		if (last >= 0 && sample->prints[1] && strlen(seen) + 3 < sizeof(seen)) {
+			if (previous >= 0 && last != previous)
+				switches++;
+			if (last != previous)
+				snprintf(seen + strlen(seen), sizeof(seen) - strlen(seen), "%s%d",
+					 *seen ? "," : "", last + 1);
+			previous = last;
+		}
+		free(trace);
+	}
+	tracefs_write("current_tracer", "nop");
+	t = now() - t0;
+	if (syscall(SYS_delete_module, modname, O_NONBLOCK))
+		fail("direct sample %s: delete_module: %s", sample->name, strerror(errno));
+	/* Unloaded: its trampolines must be gone from every site. */
+	tracefs_write("trace", "");
+	tracefs_write("tracing_on", "1");
+	sleep_ms(SAMPLE_ROUND_MS);
+	tracefs_write("tracing_on", "0");
+	trace = read_file(TRACEFS "/trace", NULL);
+	after = direct_lines(sample, trace, &last);
+	free(trace);
+	tracefs_write("trace", "");
+	tracefs_write("set_ftrace_filter", "");
+	say("direct sample %s: %d rounds in %.1f s (tracer on in %d): %d direct lines "
+	    "(%d with the tracer on), %d lines of its functions from the tracer, "
+	    "trampolines seen %s (%d switches); unloaded, then %d direct lines",
+	    sample->name, sample->rounds, t, tracer_rounds, direct, with_tracer, traced,
+	    *seen ? seen : "-", switches, after);
+	if (direct < 1 || with_tracer < 1 || traced < 1)
+		fail("direct sample %s: %d direct lines, %d with the function tracer on, "
+		     "which traced its functions %d times: expected each >= 1",
+		     sample->name, direct, with_tracer, traced);
+	if (switches < sample->min_switches)
+		fail("direct sample %s: its trampoline switched %d times: expected >= %d",
+		     sample->name, switches, sample->min_switches);
+	if (after)
+		fail("direct sample %s: %d direct lines after the unload", sample->name, after);
+}
+
+/*
+ * samples/ftrace/ftrace-ops.ko: at load it registers ftrace_ops on a
+ * function of its own, calls it 10^6 times (about a second here), checks
+ * (check_count=1) that
+ * each ops saw every call, prints "Attempted N calls to tracee_relevant in
+ * ..." and returns -EINVAL by design.  Once with one ops on the function
+ * (the site's literal points to it), once with two more ops (the list
+ * ops), each while a child switches the function tracer, filtered to the
+ * module, on and off: the site moves between those under the calls.  The
+ * judge checks the kernel's lines (no "Counter called ... (expected ...)").
+ */
+static void check_ftrace_ops_sample(void)
+{
+	static const char *const params[] = {
+		"check_count=1 nr_function_calls=1000000",
+		"check_count=1 nr_function_calls=1000000 nr_ops_relevant=2 nr_ops_irrelevant=1",
+	};
+	const char *path = MODULE_DIR "/sample-ftrace-ops.ko";
+	volatile long *toggles;
+
+	if (access(path, R_OK))
+		return;
+	toggles = mmap(NULL, sizeof(*toggles), PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (toggles == MAP_FAILED)
+		fail("mmap: %s", strerror(errno));
+	for (size_t i = 0; i < sizeof(params) / sizeof(params[0]); i++) {
+		pid_t pid;
+		long before;
+		int err;
+
+		/* getppid too: an empty filter traces everything */
+		tracefs_write("set_ftrace_filter", "__arm64_sys_getppid :mod:ftrace_ops");
+		*toggles = 0;
+		pid = fork();
+		if (pid < 0)
+			fail("fork: %s", strerror(errno));
+		if (pid == 0) {
+			nworkers = 0;	/* the parent's workers are not this child's to stop */
+			for (;;) {
+				tracefs_write("current_tracer", "function");
+				sleep_ms(5);
+				tracefs_write("current_tracer", "nop");
+				(*toggles)++;
+			}
+		}
+		while (*toggles < 2)
+			sleep_ms(10);
+		before = *toggles;
+		err = load_module_with(path, params[i]);
+		before = *toggles - before;
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		tracefs_write("current_tracer", "nop");
+		tracefs_write("set_ftrace_filter", "");
+		if (err != EINVAL)
+			fail("ftrace-ops sample (%s): finit_module: %s, expected EINVAL "
+			     "(its benchmark's end)", params[i], err ? strerror(err) : "loaded");
+		say("ftrace-ops sample (%s): returned EINVAL after its benchmark, "
+		    "function tracer switched %ld times meanwhile", params[i], before);
+	}
+	munmap((void *)toggles, sizeof(*toggles));
+}
+
+static void check_direct_samples(void)
+{
+	for (size_t i = 0; i < sizeof(direct_samples) / sizeof(direct_samples[0]); i++) {
+		char path[300];
+
+		snprintf(path, sizeof(path), MODULE_DIR "/sample-%s.ko", direct_samples[i].name);
+		if (!access(path, R_OK))
+			check_direct_sample(&direct_samples[i]);
+	}
+	check_ftrace_ops_sample();
+}
+
 int main(void)
 {
 	char *cmdline, *info, module_path[16];
@@ -966,6 +1203,7 @@ int main(void)
 	check_graph_trace();
 	if (ops > 0)
 		check_ops_trace();
+	check_direct_samples();
 
 	stop_workers();
 	printf("FTPATCH-E2E: PASS function x%ld, function_graph x%ld, "

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import bootlog, records, rules
+from . import bootlog, records, rules, w1
 from .summary import BootSummary, Summary, Value, core_sites, note_value, scan_counts, state_line
 
 
@@ -140,6 +140,34 @@ def cmd_boots_check(a: argparse.Namespace) -> None:
     if a.bti:
         require(rules.bti_check(logs), "BTI and PAuth")
         report(summary, {"bti_pauth_detected": "yes"})
+    if a.direct_samples:
+        direct: dict[str, Value] = {}
+        for kind, log in logs.items():
+            for d in log.direct_samples:
+                direct[f"direct_sample_{kind}_{d.name}"] = d.line
+            for i, run in enumerate(log.ops_samples):
+                direct[f"ops_sample_{kind}_{i + 1}"] = (
+                    f"{run.params}: {run.toggles} tracer switches; "
+                    + (log.ops_sample_attempts[i] if i < len(log.ops_sample_attempts) else "-")
+                )
+        report(summary, direct)
+        require(rules.direct_check(logs, a.direct_samples.split()), "direct-call samples")
+
+
+def cmd_w1(a: argparse.Namespace) -> None:
+    logs = {
+        kind: Path(path).read_text(errors="replace")
+        for kind, path in (("stock", a.stock), ("ftpatch", a.ftpatch))
+    }
+    found = {kind: w1.parse(text, a.source) for kind, text in logs.items()}
+    values: dict[str, Value] = {
+        "w1_objects": a.objects,
+        "w1_warnings_stock": sum(found["stock"].values()),
+        "w1_warnings_ftpatch": sum(found["ftpatch"].values()),
+        "w1_new_warnings": [str(w) for w in w1.new_warnings(found["stock"], found["ftpatch"])],
+    }
+    report(Summary(a.summary), values)
+    require(rules.w1_check(found["stock"], found["ftpatch"]), "W=1")
 
 
 def cmd_records(a: argparse.Namespace) -> None:
@@ -329,6 +357,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kaslr", action="store_true")
     p.add_argument("--bti", action="store_true")
     p.add_argument("--call-ops", action="store_true", help="the literal-damaged module too")
+    p.add_argument(
+        "--direct-samples",
+        default="",
+        help="the samples/ftrace modules both boots loaded (space-separated names)",
+    )
+
+    p = command("w1", cmd_w1, "no W=1 warning in the ftpatch kernel that stock lacks")
+    p.add_argument("summary")
+    p.add_argument("--stock", required=True, help="make W=1 log of the stock kernel")
+    p.add_argument("--ftpatch", required=True, help="make W=1 log of the ftpatch kernel")
+    p.add_argument("--source", default="", help="the source tree (paths made relative to it)")
+    p.add_argument("--objects", default="", help="the objects compiled (for the summary)")
 
     p = command("records", cmd_records, "check every record of an image or module")
     p.add_argument("image")

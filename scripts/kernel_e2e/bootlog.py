@@ -34,6 +34,15 @@ _INSTANCE_BURST = re.compile(
     r"burst of \d+ ms \(function_graph at the top\): (\d+) lines, (\d+) of"
 )
 _INTREE = re.compile(r"in-tree module (\S+) loaded: (\d+) functions listed for ftrace; unloaded")
+_DIRECT_SAMPLE = re.compile(
+    r"direct sample (\S+): \d+ rounds in [0-9.]+ s \(tracer on in \d+\): (\d+) direct lines "
+    r"\((\d+) with the tracer on\), (\d+) lines of its functions from the tracer, "
+    r"trampolines seen \S+ \((\d+) switches\); unloaded, then (\d+) direct lines$"
+)
+_OPS_SAMPLE = re.compile(
+    r"ftrace-ops sample \((.*)\): returned EINVAL after its benchmark, "
+    r"function tracer switched (\d+) times meanwhile$"
+)
 # The function names of a trace: "|  name() {" (function_graph), ": name <-" (function).
 _TRACED = re.compile(r"[|] +([A-Za-z0-9_.]+)\(\)|: ([A-Za-z0-9_.]+) <-")
 
@@ -71,6 +80,27 @@ class InstanceBurst:
     line: str  # without "ftpatch-init: "
     lines: int  # trace lines in the burst
     filtered: int  # of them, of the instance's one filtered function
+
+
+@dataclass(frozen=True)
+class DirectSample:
+    """The init's line for one samples/ftrace direct-call module."""
+
+    name: str  # "ftrace-direct-modify"
+    direct: int  # its trampolines' trace_printk lines over all rounds
+    with_tracer: int  # of them, in rounds with the function tracer on
+    traced: int  # the function tracer's lines of the sample's functions
+    switches: int  # changes of the trampoline seen printing (modify samples)
+    after: int  # its lines after the unload
+    line: str
+
+
+@dataclass(frozen=True)
+class OpsSample:
+    """One load of samples/ftrace/ftrace-ops.ko by the init."""
+
+    params: str  # "check_count=1 nr_ops_relevant=2 ..."
+    toggles: int  # function tracer switches while it ran
 
 
 @dataclass(frozen=True)
@@ -119,6 +149,12 @@ class BootLog:
     module_init_calls: str | None  # and from its __init text
     module_path_shown: str | None  # "plt" or "direct", as ftpatch.module_path asked
     module_burst_retries: int
+    direct_samples: tuple[DirectSample, ...]
+    ops_samples: tuple[OpsSample, ...]
+    # samples/ftrace/ftrace-ops.ko's kernel lines: its benchmark's summary,
+    # and its check_count complaints ("Counter called N times (expected M)").
+    ops_sample_attempts: tuple[str, ...]
+    ops_sample_miscounts: tuple[str, ...]
 
     @property
     def ftrace_init_ms(self) -> float | None:
@@ -253,6 +289,26 @@ def parse(text: str, path: str = "") -> BootLog:
         module_burst_retries=sum(
             bool(re.match(r"module: [a-z_]* burst [0-9] lacks ", line)) for line in init
         ),
+        direct_samples=tuple(
+            DirectSample(
+                name=m.group(1),
+                direct=int(m.group(2)),
+                with_tracer=int(m.group(3)),
+                traced=int(m.group(4)),
+                switches=int(m.group(5)),
+                after=int(m.group(6)),
+                line=line,
+            )
+            for line in init
+            if (m := _DIRECT_SAMPLE.match(line))
+        ),
+        ops_samples=tuple(
+            OpsSample(m.group(1), int(m.group(2)))
+            for line in init
+            if (m := _OPS_SAMPLE.match(line))
+        ),
+        ops_sample_attempts=having("ftrace_ops: Attempted "),
+        ops_sample_miscounts=having("ftrace_ops: Counter called "),
     )
 
 

@@ -12,10 +12,12 @@ passes every other input, qemu's exit status included, as an argument.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 
 from .bootlog import BootLog, InitResult, Outcome
+from .w1 import CompilerWarning, new_warnings
 
 
 class Verdict(Enum):
@@ -421,6 +423,63 @@ def bti_check(boots: dict[str, BootLog]) -> Judgement:
             reasons.append(f"boot {kind}: PAuth not detected")
     return judged(reasons)
 
+
+
+# Trampoline switches a modify sample must show: it calls
+# modify_ftrace_direct() every 2 s, and the init watches it for 24 rounds.
+MIN_MODIFY_SWITCHES = 3
+OPS_SAMPLE = "ftrace-ops"
+# The init loads ftrace-ops twice: one ftrace_ops on its function (in the
+# site's literal), then three (the list ops).
+OPS_SAMPLE_LOADS = 2
+
+
+def direct_check(boots: dict[str, BootLog], samples: list[str]) -> Judgement:
+    """The kernel's direct-call clients (samples/ftrace) did in each boot
+    what they are written to do while the function tracer switched over the
+    same functions: every trampoline printed, with the tracer on too, the
+    tracer traced the functions, the modify samples were seen switching
+    trampolines, nothing printed after the unload; ftrace-ops ran its
+    benchmark each time, and each of its ftrace_ops saw every call."""
+    reasons = []
+    for kind, log in boots.items():
+        seen = {d.name: d for d in log.direct_samples}
+        for name in samples:
+            if name == OPS_SAMPLE:
+                continue
+            d = seen.get(name)
+            if d is None:
+                reasons.append(f"boot {kind}: no line for the direct sample {name}")
+                continue
+            if d.direct < 1 or d.with_tracer < 1 or d.traced < 1:
+                reasons.append(
+                    f"boot {kind}: {name}: {d.direct} direct lines, {d.with_tracer} with the "
+                    f"tracer on, {d.traced} traced by it"
+                )
+            if name.endswith("-modify") and d.switches < MIN_MODIFY_SWITCHES:
+                reasons.append(
+                    f"boot {kind}: {name}: {d.switches} trampoline switches seen, "
+                    f"not >= {MIN_MODIFY_SWITCHES}"
+                )
+            if d.after:
+                reasons.append(f"boot {kind}: {name}: {d.after} direct lines after the unload")
+        if OPS_SAMPLE in samples:
+            runs, attempts = len(log.ops_samples), len(log.ops_sample_attempts)
+            if runs != OPS_SAMPLE_LOADS or attempts != runs:
+                reasons.append(
+                    f"boot {kind}: {OPS_SAMPLE}: {runs} loads, {attempts} benchmark lines; "
+                    f"expected {OPS_SAMPLE_LOADS} of each"
+                )
+            if any(run.toggles < 1 for run in log.ops_samples):
+                reasons.append(f"boot {kind}: {OPS_SAMPLE}: a load without a tracer switch")
+            reasons += [f"boot {kind}: {line}" for line in log.ops_sample_miscounts]
+    return judged(reasons)
+
+
+def w1_check(stock: Counter[CompilerWarning], patched: Counter[CompilerWarning]) -> Judgement:
+    """A W=1 build of the files the series touches warns of nothing that
+    the same files of the stock kernel, built in the same run, do not."""
+    return judged([f"new W=1 warning: {w}" for w in new_warnings(stock, patched)])
 
 
 def linked_check(

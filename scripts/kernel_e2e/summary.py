@@ -30,6 +30,7 @@ NOTES: dict[str, type] = {
     "module_stamp_tracks_command": str,
     "norewrite_build_failed": str,
     "verify": str,
+    "samples_verify": str,
 }
 
 
