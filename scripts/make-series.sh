@@ -94,63 +94,13 @@ for arg in "$@"; do
 	DIFF_FROM[${BASH_REMATCH[1]}]=$(realpath "${BASH_REMATCH[2]}")
 done
 
-# split PATCH DIR: DIR/msg (subject, blank line, description) and DIR/diff.
-# A patch is mail headers (Subject: possibly folded, "[PATCH n/m] "
-# stripped), a blank line, the description, a line "---", maybe a diffstat,
-# and the diff from its first "diff --git" or "--- a/" line.
-split() {
-	python3 - "$1" "$2" <<'EOF'
-import re, sys
-text = open(sys.argv[1], encoding="utf-8").read().split("\n")
-out = sys.argv[2]
-i, subject = 0, None
-while i < len(text) and text[i] != "":
-    if text[i].startswith("Subject: "):
-        subject = text[i][len("Subject: "):]
-        while i + 1 < len(text) and text[i + 1][:1] in (" ", "\t"):
-            i += 1
-            subject += " " + text[i].strip()
-    i += 1
-if subject is None:
-    sys.exit(f"{sys.argv[1]}: no Subject: header")
-subject = re.sub(r"^\[PATCH[^]]*\]\s*", "", subject)
-rest = text[i + 1:]
-cut = rest.index("---")
-body = "\n".join(rest[:cut]).strip("\n")
-tail = rest[cut + 1:]
-start = next(n for n, line in enumerate(tail)
-             if line.startswith("diff --git ")
-             or re.match(r"--- (a/|/dev/null)", line))
-with open(f"{out}/msg", "w", encoding="utf-8") as f:
-    f.write(subject + "\n\n" + body + "\n")
-with open(f"{out}/diff", "w", encoding="utf-8") as f:
-    f.write("\n".join(tail[start:]))
-EOF
-}
-
+# split PATCH DIR: DIR/msg (subject, blank line, description) and DIR/diff;
 # cover_text PATCH: the cover letter's subject, blank line, text (up to the
-# shortlog "ftpatch maintainers (N):").
-cover_text() {
-	python3 - "$1" "$GIT_AUTHOR_NAME" <<'EOF'
-import re, sys
-text = open(sys.argv[1], encoding="utf-8").read().split("\n")
-i, subject = 0, None
-while i < len(text) and text[i] != "":
-    if text[i].startswith("Subject: "):
-        subject = text[i][len("Subject: "):]
-        while i + 1 < len(text) and text[i + 1][:1] in (" ", "\t"):
-            i += 1
-            subject += " " + text[i].strip()
-    i += 1
-subject = re.sub(r"^\[PATCH[^]]*\]\s*", "", subject or "")
-if not subject or "SUBJECT HERE" in subject:
-    sys.exit(f"{sys.argv[1]}: no subject")
-rest = text[i + 1:]
-shortlog = re.compile(re.escape(sys.argv[2]) + r" \(\d+\):$")
-end = next((n for n, line in enumerate(rest) if shortlog.match(line)), len(rest))
-print(subject + "\n\n" + "\n".join(rest[:end]).strip("\n"))
-EOF
-}
+# shortlog "ftpatch maintainers (N):").  Both read the mail with
+# scripts/kernel_e2e/mail.py.
+mail() { PYTHONPATH=$REPO/scripts python3 -m kernel_e2e.mail "$@"; }
+split() { mail split "$1" "$2"; }
+cover_text() { mail cover "$1" "$GIT_AUTHOR_NAME"; }
 
 # The pristine tree, committed once.  (Debian's .gitignore ignores every
 # top-level path: hence add -f, and apply --index for the files a patch adds.)
