@@ -35,7 +35,12 @@ summary it writes:
   top), whose instance trace holds only the filtered function; both
   passing boots were randomized by KASLR, each with its own offset;
 * every live record is enabled when the function tracer is on;
-* 6.12-clang also: both passing boots ran with BTI and PAuth detected.
+* 6.12-clang also: both passing boots ran with BTI and PAuth detected;
+* 6.12 also: the kernel's direct-call clients (samples/ftrace), rewritten by
+  the module build, work on both boots while the function tracer switches
+  over the same sites (rules.direct_check);
+* make W=1 of the C files the series touches warns of nothing that the
+  stock tree of the same run does not.
 
 Two kinds of failure come with the stock 6.1 kernel under qemu, on stock and
 ftpatch kernels alike: the function tracer start-up self-tests calling a
@@ -366,3 +371,41 @@ def test_modules_rewritten_refused_and_traced(summary: dict[str, object]) -> Non
             f"boots again for the layout: {summary[f'layout_retries_{kind}']};",
             f"bursts recorded again: {summary[f'module_burst_retries_{kind}']}",
         )
+
+
+DIRECT_SAMPLES = [
+    "ftrace-direct",
+    "ftrace-direct-multi",
+    "ftrace-direct-modify",
+    "ftrace-direct-multi-modify",
+    "ftrace-ops",
+]
+
+
+def test_direct_call_samples_on_both_boots(summary: dict[str, object]) -> None:
+    """6.12 (CALL_OPS, DYNAMIC_FTRACE_WITH_DIRECT_CALLS): the kernel's
+    samples/ftrace modules, rewritten by the module build, did in the
+    ftpatch boot and in the stock one what they are written to do while the
+    function tracer switched over the same sites (see rules.direct_check)."""
+    if summary["_version"] == "6.1":
+        pytest.skip("arm64 6.1 has no direct calls (they came with CALL_OPS)")
+    logs = {kind: boot_log(summary, kind) for kind in ("ftpatch", "stock")}
+    judgement = rules.direct_check(logs, DIRECT_SAMPLES)
+    assert judgement.passed, judgement.reasons
+    for kind in ("ftpatch", "stock"):
+        for name in DIRECT_SAMPLES[:4]:
+            assert f"direct sample {name}:" in str(summary[f"direct_sample_{kind}_{name}"])
+        expect = "rewritten" if kind == "ftpatch" else "pristine"
+        for name in DIRECT_SAMPLES:
+            check = summary[f"records_check_sample_{kind}_{name}"]
+            assert isinstance(check, dict) and check["ok"], (kind, name, check)
+            assert check["counts"] == {expect: check["records"]}, (kind, name, check)
+    assert ", 0 file(s) failing" in str(summary["samples_verify"]), summary["samples_verify"]
+
+
+def test_w1_adds_no_warning(summary: dict[str, object]) -> None:
+    """make W=1 of the C files the series touches, in the stock and the
+    ftpatch tree of the same run: no warning the stock tree lacks."""
+    assert "arch/arm64/kernel/ftrace.o" in str(summary["w1_objects"])
+    assert summary["w1_new_warnings"] == [], summary["w1_new_warnings"]
+    assert isinstance(summary["w1_warnings_stock"], int)

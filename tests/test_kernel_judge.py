@@ -509,3 +509,86 @@ def test_w1_command_writes_its_findings_and_fails(tmp_path: Path) -> None:
     doc = json.loads(summary.read_text())
     assert doc["w1_warnings_stock"] == 2 and doc["w1_warnings_ftpatch"] == 4
     assert len(doc["w1_new_warnings"]) == 2
+
+
+# -- the kernel's direct-call clients (samples/ftrace) ------------------------------
+
+DIRECT_SAMPLES = [
+    "ftrace-direct",
+    "ftrace-direct-multi",
+    "ftrace-direct-modify",
+    "ftrace-direct-multi-modify",
+    "ftrace-ops",
+]
+DIRECT_PAIR = ("ftpatch-6.12-clang-direct-boot-pass", "stock-6.12-clang-direct-boot-pass")
+
+
+def _direct_pair() -> dict[str, BootLog]:
+    return {"ftpatch": log(DIRECT_PAIR[0]), "stock": log(DIRECT_PAIR[1])}
+
+
+def test_direct_samples_did_what_they_are_written_to_do_in_both_boots() -> None:
+    boots = _direct_pair()
+    assert rules.direct_check(boots, DIRECT_SAMPLES).passed
+    for boot in boots.values():
+        assert rules.judge(boot, 0, None).passed
+        samples = {d.name: d for d in boot.direct_samples}
+        assert sorted(samples) == sorted(DIRECT_SAMPLES[:4])
+        for d in samples.values():
+            assert d.direct > 0 and d.with_tracer > 0 and d.traced > 0 and d.after == 0
+        for name in ("ftrace-direct-modify", "ftrace-direct-multi-modify"):
+            assert samples[name].switches >= rules.MIN_MODIFY_SWITCHES
+        assert len(boot.ops_samples) == 2 and len(boot.ops_sample_attempts) == 2
+        assert all(run.toggles > 0 for run in boot.ops_samples)
+        assert "Attempted 1000000 calls to tracee_relevant" in boot.ops_sample_attempts[0]
+        assert boot.ops_sample_miscounts == ()
+
+
+def test_direct_check_wants_every_sample_in_every_boot() -> None:
+    # The 6.12 boots from before the samples: no line, no pass (a boot that
+    # skipped them cannot pass for one that ran them).
+    older = {"ftpatch": log("ftpatch-6.12-boot-pass"), "stock": log("stock-6.12-boot-pass")}
+    judgement = rules.direct_check(older, DIRECT_SAMPLES)
+    assert not judgement.passed
+    assert "boot ftpatch: no line for the direct sample ftrace-direct" in judgement.reasons
+    assert any("ftrace-ops: 0 loads, 0 benchmark lines" in r for r in judgement.reasons)
+    # Without samples asked for, nothing is required.
+    assert rules.direct_check(older, []).passed
+
+
+def _direct_edited(name: str, old: str, new: str) -> BootLog:
+    text = log_text(name)
+    assert old in text
+    return bootlog.parse(text.replace(old, new, 1))
+
+
+def test_direct_check_fires_on_each_thing_a_sample_must_show() -> None:
+    ftpatch, stock = DIRECT_PAIR
+    modify = next(d for d in log(ftpatch).direct_samples if d.name == "ftrace-direct-modify")
+    cases = {
+        # the trampoline seen switching only once
+        f"({modify.switches} switches)": ("(1 switches)", "1 trampoline switches seen"),
+        # the sample printed after its unload
+        "unloaded, then 0 direct lines": ("unloaded, then 7 direct lines", "after the unload"),
+    }
+    for old, (new, reason) in cases.items():
+        line = modify.line
+        boots = {
+            "ftpatch": _direct_edited(ftpatch, line, line.replace(old, new)),
+            "stock": log(stock),
+        }
+        judgement = rules.direct_check(boots, DIRECT_SAMPLES)
+        assert not judgement.passed and any(reason in r for r in judgement.reasons), judgement
+    # ftrace-ops's check_count complaint, in the format samples/ftrace/ftrace-ops.c prints.
+    attempt = log(stock).ops_sample_attempts[1]
+    miscount = _direct_edited(
+        stock,
+        attempt,
+        attempt + "\n[  99.000000] ftrace_ops: Counter called 999999 times (expected 1000000)",
+    )
+    judgement = rules.direct_check({"stock": miscount}, DIRECT_SAMPLES)
+    assert not judgement.passed
+    assert any("Counter called 999999 times" in r for r in judgement.reasons)
+    # A benchmark line missing: the module did not run its calls.
+    lost = _direct_edited(stock, attempt, "")
+    assert "1 benchmark lines" in str(rules.direct_check({"stock": lost}, DIRECT_SAMPLES))
