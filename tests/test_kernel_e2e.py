@@ -36,9 +36,10 @@ summary it writes:
   passing boots were randomized by KASLR, each with its own offset;
 * every live record is enabled when the function tracer is on;
 * 6.12-clang also: both passing boots ran with BTI and PAuth detected;
-* 6.12 also: the kernel's direct-call clients (samples/ftrace), rewritten by
-  the module build, work on both boots while the function tracer switches
-  over the same sites (rules.direct_check);
+* 6.12 also: the kernel's direct-call clients (samples/ftrace) are rewritten
+  by the module build (pristine in the stock one) and pass ftpatch verify;
+  with FTPATCH_E2E_DIRECT_SAMPLES=1 both boots load them while the function
+  tracer switches over the same sites (rules.direct_check);
 * make W=1 of the C files the series touches warns of nothing that the
   stock tree of the same run does not.
 
@@ -394,11 +395,17 @@ def test_direct_call_samples_on_both_boots(summary: dict[str, object]) -> None:
         assert boot_log(summary, "ftpatch").direct_samples == ()
         return
     logs = {kind: boot_log(summary, kind) for kind in ("ftpatch", "stock")}
-    judgement = rules.direct_check(logs, DIRECT_SAMPLES)
-    assert judgement.passed, judgement.reasons
+    if summary["direct_samples_booted"] == "yes":
+        judgement = rules.direct_check(logs, DIRECT_SAMPLES)
+        assert judgement.passed, judgement.reasons
+        for kind in ("ftpatch", "stock"):
+            for name in DIRECT_SAMPLES[:4]:
+                assert f"direct sample {name}:" in str(summary[f"direct_sample_{kind}_{name}"])
+    else:
+        # Not booted (opt-in, FTPATCH_E2E_DIRECT_SAMPLES=1: see kernel-e2e.sh):
+        # no boot loaded them; the builds are checked below all the same.
+        assert all(log.direct_samples == () for log in logs.values())
     for kind in ("ftpatch", "stock"):
-        for name in DIRECT_SAMPLES[:4]:
-            assert f"direct sample {name}:" in str(summary[f"direct_sample_{kind}_{name}"])
         expect = "rewritten" if kind == "ftpatch" else "pristine"
         for name in DIRECT_SAMPLES:
             check = summary[f"records_check_sample_{kind}_{name}"]

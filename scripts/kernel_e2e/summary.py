@@ -31,6 +31,7 @@ NOTES: dict[str, type] = {
     "norewrite_build_failed": str,
     "verify": str,
     "samples_verify": str,
+    "direct_samples_booted": str,
 }
 
 
