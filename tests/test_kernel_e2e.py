@@ -374,13 +374,7 @@ def test_modules_rewritten_refused_and_traced(summary: dict[str, object]) -> Non
         )
 
 
-DIRECT_SAMPLES = [
-    "ftrace-direct",
-    "ftrace-direct-multi",
-    "ftrace-direct-modify",
-    "ftrace-direct-multi-modify",
-    "ftrace-ops",
-]
+DIRECT_SAMPLES = list(rules.DIRECT_SAMPLES)
 
 
 def test_direct_call_samples_on_both_boots(summary: dict[str, object]) -> None:

@@ -513,13 +513,7 @@ def test_w1_command_writes_its_findings_and_fails(tmp_path: Path) -> None:
 
 # -- the kernel's direct-call clients (samples/ftrace) ------------------------------
 
-DIRECT_SAMPLES = [
-    "ftrace-direct",
-    "ftrace-direct-multi",
-    "ftrace-direct-modify",
-    "ftrace-direct-multi-modify",
-    "ftrace-ops",
-]
+DIRECT_SAMPLES = list(rules.DIRECT_SAMPLES)
 DIRECT_PAIR = ("ftpatch-6.12-clang-direct-boot-pass", "stock-6.12-clang-direct-boot-pass")
 
 

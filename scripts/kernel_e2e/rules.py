@@ -429,6 +429,15 @@ def bti_check(boots: dict[str, BootLog]) -> Judgement:
 # modify_ftrace_direct() every 2 s, and the init watches it for 24 rounds.
 MIN_MODIFY_SWITCHES = 3
 OPS_SAMPLE = "ftrace-ops"
+# The samples/ftrace modules the 6.12 e2e builds and may boot, in the order
+# the init loads them (kernel-e2e.sh's DIRECT_SAMPLES passes the same names).
+DIRECT_SAMPLES = (
+    "ftrace-direct",
+    "ftrace-direct-multi",
+    "ftrace-direct-modify",
+    "ftrace-direct-multi-modify",
+    OPS_SAMPLE,
+)
 # The init loads ftrace-ops twice: one ftrace_ops on its function (in the
 # site's literal), then three (the list ops).
 OPS_SAMPLE_LOADS = 2
