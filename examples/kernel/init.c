@@ -1132,6 +1132,33 @@ static void check_direct_samples(void)
 	check_ftrace_ops_sample();
 }
 
+/*
+ * ftpatch.direct_loop=N (a repro, not part of the e2e's boots): only load,
+ * switch over and unload ftrace-direct-multi and -multi-modify, N times
+ * each (8 rounds each time), after printing where schedule and
+ * wake_up_process are, so that after an Oops their words can be read from
+ * qemu's monitor (examples/kernel/stale-code.sh).
+ */
+static void direct_loop(long loops)
+{
+	struct direct_sample multi = direct_samples[1], modify = direct_samples[3];
+
+	modify.rounds = multi.rounds;
+	modify.min_switches = 0;	/* 8 rounds of 400 ms: one or two switches */
+	say("direct loop: schedule at 0x%lx, wake_up_process at 0x%lx",
+	    kallsyms_addr("schedule"), kallsyms_addr("wake_up_process"));
+	tracefs_write("buffer_size_kb", "256");
+	start_workers();
+	for (long i = 0; i < loops; i++) {
+		check_direct_sample(&multi);
+		check_direct_sample(&modify);
+		say("direct loop: %ld of %ld done", i + 1, loops);
+	}
+	stop_workers();
+	printf("FTPATCH-E2E: PASS direct loop x%ld\n", loops);
+	power_off();
+}
+
 int main(void)
 {
 	char *cmdline, *info, module_path[16];
@@ -1151,6 +1178,8 @@ int main(void)
 		fail("mount tracefs: %s", strerror(errno));
 
 	cmdline = read_file("/proc/cmdline", NULL);
+	if (cmdline_knob(cmdline, "ftpatch.direct_loop=", 0) > 0)
+		direct_loop(cmdline_knob(cmdline, "ftpatch.direct_loop=", 0));
 	switches = cmdline_knob(cmdline, "ftpatch.switches=", 30);
 	graph = cmdline_knob(cmdline, "ftpatch.graph=", 3);
 	ops = cmdline_knob(cmdline, "ftpatch.ops=", 0);

@@ -22,6 +22,7 @@ Value = str | int | float | bool | None | list[str] | dict[str, Any]
 # Keys (or key prefixes, ending in "_") the shell sets with ``note``, and their types.
 NOTES: dict[str, type] = {
     "kernel_version": str,
+    "qemu": str,
     "config_checked": str,
     "build_seconds_": float,
     "module_damaged_site": str,
