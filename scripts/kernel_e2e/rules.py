@@ -430,7 +430,8 @@ def bti_check(boots: dict[str, BootLog]) -> Judgement:
 MIN_MODIFY_SWITCHES = 3
 OPS_SAMPLE = "ftrace-ops"
 # The samples/ftrace modules the 6.12 e2e builds and may boot, in the order
-# the init loads them (kernel-e2e.sh's DIRECT_SAMPLES passes the same names).
+# the init loads them (kernel-e2e.sh's DIRECT_SAMPLES and init.c's direct_samples name the
+# same, which tests/test_kernel_judge.py checks).
 DIRECT_SAMPLES = (
     "ftrace-direct",
     "ftrace-direct-multi",
