@@ -1162,7 +1162,7 @@ static void direct_loop(long loops)
 int main(void)
 {
 	char *cmdline, *info, module_path[16];
-	long switches, graph, ops;
+	long switches, graph, ops, loops;
 	double t0, t;
 
 	mkdir("/proc", 0555);
@@ -1178,8 +1178,9 @@ int main(void)
 		fail("mount tracefs: %s", strerror(errno));
 
 	cmdline = read_file("/proc/cmdline", NULL);
-	if (cmdline_knob(cmdline, "ftpatch.direct_loop=", 0) > 0)
-		direct_loop(cmdline_knob(cmdline, "ftpatch.direct_loop=", 0));
+	loops = cmdline_knob(cmdline, "ftpatch.direct_loop=", 0);
+	if (loops > 0)
+		direct_loop(loops);
 	switches = cmdline_knob(cmdline, "ftpatch.switches=", 30);
 	graph = cmdline_knob(cmdline, "ftpatch.graph=", 3);
 	ops = cmdline_knob(cmdline, "ftpatch.ops=", 0);
